@@ -1,0 +1,299 @@
+"""Strict configuration for one ftpipe pipeline run.
+
+One YAML file holds everything a run needs except credentials, which come from the environment
+(or, on Kubernetes, from the Secret named in ``cluster.s3_secret_name``). Every model is frozen and
+rejects unknown keys, so a typo in a config file is an error that names the field path, never a
+silently ignored setting. ``ftpipe config schema`` prints the JSON schema of :class:`PipelineConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ftpipe.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(StrictModel):
+    """How the cleaned data is split when the user gives one file only."""
+
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows for validation.")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows for the test split.")
+    seed: int = Field(42, description="Seed of the stratified split, so reruns split identically.")
+
+
+class DataConfig(StrictModel):
+    """Where the labelled text is and how to read it."""
+
+    uri: str | None = Field(
+        None, description="One dataset (s3://, file:// or a local path), split by ftpipe into train/validation/test."
+    )
+    train_uri: str | None = Field(None, description="The user's own train split (instead of `uri`).")
+    validation_uri: str | None = Field(None, description="The user's own validation split.")
+    test_uri: str | None = Field(None, description="The user's own test split.")
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
+        "auto", description="File format; `auto` goes by the file extension."
+    )
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="The allowed labels, in class-index order. Rows with any other label are quarantined. "
+        "When omitted, the sorted labels of the training data are used.",
+    )
+    label_mapping: dict[str, str] | None = Field(
+        None, description="Maps raw label values (as text, e.g. '0') to label names (e.g. 'ham') before validation."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        own = [self.train_uri, self.validation_uri, self.test_uri]
+        if self.uri is None and not all(own):
+            raise ValueError("give either `uri` or all of `train_uri`, `validation_uri` and `test_uri`")
+        if self.uri is not None and any(own):
+            raise ValueError("give either `uri` or the three split URIs, not both")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("`labels` contains duplicates")
+        return self
+
+
+class CleanDataConfig(StrictModel):
+    """What clean_data does to each row."""
+
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] = Field("NFKC", description="Unicode normalisation form.")
+    strip_html: bool = Field(True, description="Remove HTML tags and unescape entities.")
+    lowercase: bool = Field(False, description="Lower-case the text (leave off for cased tokenizers).")
+    deduplicate: bool = Field(True, description="Drop exact duplicates of the normalised text.")
+    remove_leakage: bool = Field(True, description="Drop validation/test rows whose text also occurs in train.")
+    min_chars: int = Field(1, ge=1, description="Rows shorter than this after cleaning are quarantined.")
+    min_tokens: int = Field(1, ge=1, description="Rows with fewer tokens than this are quarantined.")
+    max_tokens: int = Field(512, ge=1, description="Rows with more tokens than this are quarantined.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer source for the length filter; defaults to the first candidate's source."
+    )
+
+    @model_validator(mode="after")
+    def _token_bounds(self) -> CleanDataConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("`min_tokens` must not exceed `max_tokens`")
+        return self
+
+
+class CandidateConfig(StrictModel):
+    """One pre-trained model that may be fine-tuned."""
+
+    name: str = Field(description="Short name used in reports.", pattern=r"^[A-Za-z0-9._-]+$")
+    source: str = Field(description="A local directory, an s3:// prefix or a Hugging Face hub id.")
+    license: str | None = Field(
+        None, description="Licence of the weights; when omitted, read from the model card's `license:`."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run the model's own code. Off unless this candidate is named explicitly."
+    )
+
+
+class SelectModelConfig(StrictModel):
+    """Constraints and the probe that rank candidates."""
+
+    max_parameters: int | None = Field(None, gt=0, description="Candidates with more parameters are skipped.")
+    allowed_licenses: list[str] | None = Field(
+        None, description="Licences (lower-case SPDX ids) that may be used; None allows any."
+    )
+    probe_train_rows: int = Field(512, ge=8, description="Train rows for the frozen-embedding probe.")
+    probe_validation_rows: int = Field(512, ge=8, description="Validation rows that score the probe.")
+    probe_max_length: int = Field(128, ge=8, description="Max tokens per text in the probe.")
+    cost_weight: float = Field(
+        0.02,
+        ge=0,
+        description="Probe macro-F1 given up per tenfold increase in parameters when ranking (cost term).",
+    )
+
+
+class FinetuneConfig(StrictModel):
+    """Hyper-parameters of the fine-tune step (Hugging Face Trainer)."""
+
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(3.0, gt=0, description="Maximum epochs; early stopping may end sooner.")
+    batch_size: int = Field(16, ge=1, description="Per-device train batch size.")
+    eval_batch_size: int = Field(64, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    dropout: float | None = Field(None, ge=0, lt=1, description="Overrides the model's dropout when set.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    max_length: int = Field(128, ge=8, description="Texts are truncated to this many tokens.")
+    seed: int = 42
+    early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement before stopping.")
+    metric_for_best_model: Literal["f1_macro", "accuracy", "loss"] = "f1_macro"
+    max_train_rows: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+    group_by_length: bool = Field(True, description="Batch texts of similar length to cut padding.")
+
+
+class GateConfig(StrictModel):
+    """When a newly trained model may be registered."""
+
+    metric: Literal["f1_macro", "accuracy"] = Field("f1_macro", description="Metric compared with production.")
+    tolerance: float = Field(
+        0.0, ge=0, le=1, description="How much worse than the production model the new one may be."
+    )
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    min_f1_macro: float = Field(0.0, ge=0, le=1)
+
+
+class RegistryConfig(StrictModel):
+    """The model registry on S3."""
+
+    uri: str = Field("s3://ftpipe/registry", description="Prefix under which every registered model lives.")
+    model_name: str = Field(description="Registered model name.", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    alias_on_register: str | None = Field(
+        "staging", description="Alias moved to each new version; None leaves aliases alone."
+    )
+
+
+class StorageConfig(StrictModel):
+    """S3-compatible storage. Credentials never go here: they come from the environment."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint. When None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else the embedded server "
+        "started by `ftpipe s3 up`, else AWS itself.",
+    )
+    region: str = "us-east-1"
+    artifact_root: str = Field("s3://ftpipe/runs", description="Prefix for every artifact a run writes.")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="boto3 retry attempts for S3 calls.")
+
+
+class Toleration(StrictModel):
+    """A Kubernetes toleration, as in a pod spec."""
+
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ClusterConfig(StrictModel):
+    """How the compiled pipeline runs on Kubernetes. Ignored by the local runner."""
+
+    image: str | None = Field(None, description="Component image; defaults to ftpipe:<package version>.")
+    s3_secret_name: str = Field("ftpipe-s3-credentials", description="Secret with the S3 credentials.")
+    s3_secret_access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", description="Key of the access key id.")
+    s3_secret_secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", description="Key of the secret key.")
+    gpu_count: int = Field(1, ge=0, description="GPUs for the fine-tune task (0 runs it on CPU).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the accelerator.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels for the fine-tune task.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the fine-tune task.")
+    finetune_cpu: str = Field("4", description="CPU request of the fine-tune task.")
+    finetune_memory: str = Field("16G", description="Memory request of the fine-tune task.")
+    finetune_retries: int = Field(2, ge=0, description="Retries of the fine-tune task (preempted GPU nodes).")
+    step_retries: int = Field(3, ge=0, description="Retries of the steps that only talk to S3.")
+
+
+class TextClassificationTask(StrictModel):
+    """Sequence classification: binary or multi-class."""
+
+    type: Literal["text_classification"] = "text_classification"
+
+
+Task = Annotated[TextClassificationTask, Field(discriminator="type")]
+
+
+class PipelineConfig(StrictModel):
+    """Everything one ftpipe run needs (except credentials)."""
+
+    task: Task = Field(default_factory=TextClassificationTask)
+    data: DataConfig
+    cleaning: CleanDataConfig = Field(default_factory=CleanDataConfig)
+    candidates: list[CandidateConfig] = Field(min_length=1, description="Models to choose from, best guess first.")
+    selection: SelectModelConfig = Field(default_factory=SelectModelConfig)
+    training: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_names(cls, candidates: list[CandidateConfig]) -> list[CandidateConfig]:
+        names = [c.name for c in candidates]
+        if len(set(names)) != len(names):
+            raise ValueError("candidate names must be unique")
+        return candidates
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Tokenizer used by the cleaning length filter."""
+        return self.cleaning.tokenizer or self.candidates[0].source
+
+    def to_json(self) -> str:
+        """The config as compact JSON, the form passed between pipeline tasks."""
+        return self.model_dump_json()
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{path}: {message}")
+    return f"invalid config {source}: " + "; ".join(problems)
+
+
+def parse_config(data: Any, source: str = "<config>") -> PipelineConfig:
+    """Validate a mapping as a :class:`PipelineConfig`, raising :class:`ConfigError` naming the field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: expected a mapping at the top level")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(source, error)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate one YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    return parse_config(data, str(path))
+
+
+def config_from_json(text: str) -> PipelineConfig:
+    """Rebuild the config passed between pipeline tasks."""
+    return parse_config(json.loads(text), "<pipeline parameter>")
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON schema of the config file."""
+    return PipelineConfig.model_json_schema()
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    """A name usable as one path segment."""
+    return _SAFE_NAME.sub("-", text).strip("-") or "unnamed"

@@ -1,0 +1,37 @@
+"""Errors a user can cause, each ending in one clear line and a non-zero exit.
+
+Anything raised as an :class:`FtpipeError` is shown by the CLI (and by the KFP components) as its
+message alone; any other exception is a bug in ftpipe and keeps its traceback.
+"""
+
+
+class FtpipeError(Exception):
+    """A problem the user can fix; the message says what it is."""
+
+    exit_code = 2
+
+
+class ConfigError(FtpipeError):
+    """The config file is missing, unreadable or invalid."""
+
+
+class DataError(FtpipeError):
+    """The dataset is missing, unreadable, or lacks a column or usable rows."""
+
+
+class StorageError(FtpipeError):
+    """S3 or a local path cannot be reached, read or written."""
+
+    exit_code = 3
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost a race (the object exists, or changed since it was read)."""
+
+
+class ModelError(FtpipeError):
+    """A model cannot be loaded or does not fit the task."""
+
+
+class RegistryError(FtpipeError):
+    """A registry name, version or alias does not exist or cannot be changed."""

@@ -1,0 +1,113 @@
+"""Finding and loading pre-trained models: local directories, s3:// prefixes and hub ids.
+
+Weights load as safetensors only, and ``trust_remote_code`` is passed through only when the
+candidate's config turns it on. S3 prefixes are downloaded once into a local cache keyed by URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from ftpipe.errors import ModelError, StorageError
+from ftpipe.storage import Storage, is_s3, local_path
+
+
+def cache_dir() -> Path:
+    """Where downloaded model prefixes are kept (``FTPIPE_CACHE``, default ``~/.cache/ftpipe``)."""
+    return Path(os.environ.get("FTPIPE_CACHE") or Path.home() / ".cache" / "ftpipe")
+
+
+def resolve_source(source: str, storage: Storage) -> str:
+    """A path or hub id that ``from_pretrained`` accepts, downloading s3:// prefixes first.
+
+    Raises:
+        ModelError: the local directory or S3 prefix does not exist.
+    """
+    if is_s3(source):
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        target = cache_dir() / "models" / digest
+        complete = target / ".complete"
+        if not complete.exists():
+            try:
+                storage.download_dir(source, target)
+            except StorageError as error:
+                raise ModelError(f"cannot fetch model {source}: {error}") from None
+            complete.touch()
+        return str(target)
+    path = local_path(source)
+    if source.startswith(("file://", "/", ".")) or path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model directory not found: {source}")
+        return str(path)
+    return source  # a hub id; loading it offline fails with a ModelError from the loader
+
+
+def read_license(model_dir: str) -> str | None:
+    """The ``license:`` field of a model card's YAML front matter, lower-cased, if there is one."""
+    card = Path(model_dir) / "README.md"
+    if not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return None
+    front = text.split("---", 2)[1]
+    match = re.search(r"^license:\s*['\"]?([^'\"\n]+)", front, re.MULTILINE)
+    return match.group(1).strip().lower() if match else None
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False):
+    """Load a tokenizer, raising ModelError with one line when it cannot be."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for "cannot load"
+        raise ModelError(f"cannot load tokenizer {source}: {_first_line(error)}") from None
+
+
+def load_classifier(
+    source: str,
+    *,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    trust_remote_code: bool = False,
+    **overrides,
+):
+    """Load a sequence-classification model (a new head when the checkpoint has none)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = dict(overrides)
+    if id2label is not None:
+        kwargs.update(
+            num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+        )
+    elif num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except Exception as error:  # noqa: BLE001
+        raise ModelError(f"cannot load model {source}: {_first_line(error)}") from None
+
+
+def load_encoder(source: str, *, trust_remote_code: bool = False):
+    """Load the bare encoder (no head), as used by the selection probe."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001
+        raise ModelError(f"cannot load model {source}: {_first_line(error)}") from None
+
+
+def count_parameters(model) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

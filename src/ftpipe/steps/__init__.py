@@ -1,0 +1,37 @@
+"""The five pipeline steps, one module each, each exposing ``run(config, ...) -> <Step>Result``.
+
+A step reads its inputs from URIs, writes everything it produces under its ``output_uri`` (an S3
+prefix in a pipeline run, any local directory in tests) and returns a small typed result that the
+next step takes as input. Results travel between KFP tasks as JSON.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ftpipe.config import PipelineConfig
+from ftpipe.storage import join
+
+STEP_NAMES = ("clean_data", "select_model", "finetune", "evaluate", "register_model")
+
+ResultT = TypeVar("ResultT", bound="StepResult")
+
+
+class StepResult(BaseModel):
+    """Base of every step's result: frozen, JSON round-trippable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls: type[ResultT], text: str) -> ResultT:
+        return cls.model_validate_json(text)
+
+
+def step_output_uri(config: PipelineConfig, run_id: str, step: str) -> str:
+    """Where ``step`` writes its artifacts in run ``run_id``."""
+    return join(config.storage.artifact_root, run_id, step)

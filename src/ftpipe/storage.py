@@ -1,0 +1,353 @@
+"""S3 and local file I/O behind one small interface: URIs in, files out.
+
+This is the only module that talks to boto3. A URI is either ``s3://bucket/key`` or a local path
+(``file://`` prefix optional). Every failure a user can cause (an endpoint that does not answer,
+refused credentials, a missing object or bucket) becomes a :class:`StorageError` with one clear line.
+
+Endpoint and credentials, in order: the config's ``endpoint_url``, the standard AWS environment
+variables, then the embedded server started by ``ftpipe s3 up``. Credentials are never read from a
+config file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftpipe import s3server
+from ftpipe.config import StorageConfig
+from ftpipe.errors import PreconditionFailed, StorageError
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def parse_s3(uri: str) -> S3Location:
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"not an s3:// URI with a bucket: {uri}")
+    return S3Location(bucket, key)
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path segments onto a URI or local path with single slashes."""
+    base = uri.rstrip("/")
+    tail = "/".join(part.strip("/") for part in parts if part)
+    return f"{base}/{tail}" if tail else base
+
+
+class Storage:
+    """Reads and writes objects by URI, on S3-compatible storage or the local file system."""
+
+    def __init__(self, config: StorageConfig | None = None) -> None:
+        self.config = config or StorageConfig()
+        self._client: Any = None
+        self.endpoint_url: str | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connection_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"region_name": os.environ.get("AWS_DEFAULT_REGION") or self.config.region}
+        endpoint = (
+            self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        has_env_keys = bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        if endpoint is None or not has_env_keys:
+            embedded = s3server.read_state()
+            if embedded is not None and (endpoint is None or endpoint == embedded.endpoint_url):
+                endpoint = embedded.endpoint_url
+                if not has_env_keys:
+                    settings["aws_access_key_id"] = embedded.access_key_id
+                    settings["aws_secret_access_key"] = embedded.secret_access_key
+        settings["endpoint_url"] = endpoint
+        return settings
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            settings = self._connection_settings()
+            self.endpoint_url = settings["endpoint_url"]
+            self._client = boto3.client(
+                "s3",
+                config=Config(
+                    connect_timeout=self.config.connect_timeout_s,
+                    read_timeout=60,
+                    retries={"max_attempts": self.config.max_attempts, "mode": "standard"},
+                    s3={"addressing_style": "path"},
+                ),
+                **settings,
+            )
+        return self._client
+
+    @contextlib.contextmanager
+    def _s3_errors(self, uri: str) -> Iterator[None]:
+        """Turn boto3's exceptions into one clear StorageError line."""
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+        try:
+            yield
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status == 412:
+                raise PreconditionFailed(f"conditional write lost a race on {uri}") from None
+            if code in {"NoSuchKey", "404", "NotFound"}:
+                raise StorageError(f"not found: {uri}") from None
+            if code == "NoSuchBucket":
+                raise StorageError(f"bucket does not exist: {parse_s3(uri).bucket} (for {uri})") from None
+            if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"}:
+                raise StorageError(
+                    f"S3 at {self.endpoint_url or 'AWS'} refused the credentials for {uri} ({code})"
+                ) from None
+            raise StorageError(f"S3 error on {uri}: {code} {error}") from None
+        except EndpointConnectionError:
+            raise StorageError(
+                f"S3 endpoint {self.endpoint_url} does not answer (is the server up? `ftpipe s3 up` starts "
+                "the embedded one)"
+            ) from None
+        except NoCredentialsError:
+            raise StorageError(
+                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `ftpipe s3 up`"
+            ) from None
+        except BotoCoreError as error:
+            raise StorageError(f"S3 error on {uri}: {error}") from None
+
+    def check(self, uri: str) -> None:
+        """Fail early, with one line, when the storage behind ``uri`` cannot be reached or used."""
+        if not is_s3(uri):
+            return
+        location = parse_s3(uri)
+        with self._s3_errors(uri):
+            self.client.head_bucket(Bucket=location.bucket)
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def read_bytes(self, uri: str) -> bytes:
+        if is_s3(uri):
+            location = parse_s3(uri)
+            with self._s3_errors(uri):
+                return self.client.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+        path = local_path(uri)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"not found: {uri}") from None
+        except OSError as error:
+            raise StorageError(f"cannot read {uri}: {error.strerror}") from None
+
+    def read_text(self, uri: str) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def write_bytes(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        """Write one object whole; returns its ETag.
+
+        Args:
+            if_none_match: only create, never replace (raises PreconditionFailed if it exists).
+            if_match: only replace the version with this ETag (compare-and-swap).
+        """
+        if is_s3(uri):
+            location = parse_s3(uri)
+            extra: dict[str, Any] = {}
+            if content_type:
+                extra["ContentType"] = content_type
+            if if_none_match:
+                extra["IfNoneMatch"] = "*"
+            if if_match is not None:
+                extra["IfMatch"] = if_match
+            with self._s3_errors(uri):
+                answer = self.client.put_object(Bucket=location.bucket, Key=location.key, Body=data, **extra)
+            return answer["ETag"].strip('"')
+        return _write_local(local_path(uri), data, if_none_match=if_none_match, if_match=if_match)
+
+    def write_text(self, uri: str, text: str, **kwargs: Any) -> str:
+        return self.write_bytes(uri, text.encode("utf-8"), **kwargs)
+
+    def write_json(self, uri: str, value: Any, **kwargs: Any) -> str:
+        text = json.dumps(value, indent=2, sort_keys=True, default=str)
+        return self.write_bytes(uri, text.encode("utf-8"), content_type="application/json", **kwargs)
+
+    def etag(self, uri: str) -> str | None:
+        """The object's ETag, or None when it does not exist."""
+        if is_s3(uri):
+            location = parse_s3(uri)
+            from botocore.exceptions import ClientError
+
+            try:
+                with self._s3_errors(uri):
+                    answer = self.client.head_object(Bucket=location.bucket, Key=location.key)
+            except StorageError as error:
+                if str(error).startswith("not found"):
+                    return None
+                raise
+            except ClientError:  # pragma: no cover - _s3_errors converts every ClientError
+                raise
+            return answer["ETag"].strip('"')
+        path = local_path(uri)
+        return _md5(path.read_bytes()) if path.is_file() else None
+
+    def exists(self, uri: str) -> bool:
+        return self.etag(uri) is not None
+
+    def list(self, prefix_uri: str) -> list[str]:
+        """Every object under a prefix (recursively), as full URIs, sorted."""
+        if is_s3(prefix_uri):
+            location = parse_s3(prefix_uri)
+            prefix = location.key.rstrip("/") + "/" if location.key else ""
+            found: list[str] = []
+            with self._s3_errors(prefix_uri):
+                for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=location.bucket, Prefix=prefix
+                ):
+                    found.extend(f"s3://{location.bucket}/{item['Key']}" for item in page.get("Contents", []))
+            return sorted(found)
+        root = local_path(prefix_uri)
+        if not root.is_dir():
+            return []
+        return sorted(str(path) for path in root.rglob("*") if path.is_file() and not path.name.startswith(".tmp"))
+
+    def delete(self, uri: str) -> None:
+        if is_s3(uri):
+            location = parse_s3(uri)
+            with self._s3_errors(uri):
+                self.client.delete_object(Bucket=location.bucket, Key=location.key)
+        else:
+            local_path(uri).unlink(missing_ok=True)
+
+    # -- files and directories ----------------------------------------------------------------
+
+    def upload_file(self, path: str | Path, uri: str) -> None:
+        if is_s3(uri):
+            location = parse_s3(uri)
+            with self._s3_errors(uri):
+                # boto3's transfer manager: multipart and parallel parts for large files.
+                self.client.upload_file(str(path), location.bucket, location.key)
+            return
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, target)
+
+    def download_file(self, uri: str, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_s3(uri):
+            location = parse_s3(uri)
+            with self._s3_errors(uri):
+                self.client.download_file(location.bucket, location.key, str(path))
+            return path
+        source = local_path(uri)
+        if not source.is_file():
+            raise StorageError(f"not found: {uri}")
+        shutil.copyfile(source, path)
+        return path
+
+    def upload_dir(self, directory: str | Path, prefix_uri: str) -> list[str]:
+        """Upload every file under ``directory``; returns the URIs written."""
+        directory = Path(directory)
+        written = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            uri = join(prefix_uri, path.relative_to(directory).as_posix())
+            self.upload_file(path, uri)
+            written.append(uri)
+        return written
+
+    def download_dir(self, prefix_uri: str, directory: str | Path) -> Path:
+        """Copy every object under a prefix into ``directory``, keeping relative paths."""
+        directory = Path(directory)
+        objects = self.list(prefix_uri)
+        if not objects:
+            raise StorageError(f"nothing found under {prefix_uri}")
+        base = prefix_uri.rstrip("/") + "/"
+        if not is_s3(prefix_uri):
+            base = str(local_path(prefix_uri)).rstrip("/") + "/"
+        for uri in objects:
+            self.download_file(uri, directory / uri[len(base) :])
+        return directory
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str, *, directory: bool = False) -> Iterator[Path]:
+        """A local path holding the object (or prefix) at ``uri``; temporary when it came from S3."""
+        if not is_s3(uri):
+            path = local_path(uri)
+            if not path.exists():
+                raise StorageError(f"not found: {uri}")
+            yield path
+            return
+        with tempfile.TemporaryDirectory(prefix="ftpipe-") as scratch:
+            if directory:
+                yield self.download_dir(uri, Path(scratch) / "dir")
+            else:
+                yield self.download_file(uri, Path(scratch) / Path(parse_s3(uri).key).name)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _write_local(path: Path, data: bytes, *, if_none_match: bool, if_match: str | None) -> str:
+    """Atomic local write with the same conditional semantics as S3 (a lock file serialises CAS)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        temporary.write_bytes(data)
+        if if_none_match:
+            try:
+                os.link(temporary, path)  # link fails if the target exists: an atomic create-only
+            except FileExistsError:
+                raise PreconditionFailed(f"conditional write lost a race on {path}") from None
+            finally:
+                temporary.unlink(missing_ok=True)
+            return _md5(data)
+        with open(path.with_name(f".lock-{path.name}"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if if_match is not None:
+                current = _md5(path.read_bytes()) if path.is_file() else None
+                if current != if_match:
+                    temporary.unlink(missing_ok=True)
+                    raise PreconditionFailed(f"conditional write lost a race on {path}")
+            os.replace(temporary, path)
+        return _md5(data)
+    except PreconditionFailed:
+        raise
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {error.strerror}") from None

