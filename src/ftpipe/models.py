@@ -111,3 +111,36 @@ def count_parameters(model) -> int:
 def _first_line(error: Exception) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
+
+
+def derive_first_layers(source: str, destination: str, layers: int) -> int:
+    """Save a smaller model made of the first ``layers`` transformer layers of ``source``.
+
+    Loading a checkpoint into a config with fewer hidden layers keeps exactly the first ones (the
+    rest are reported unused and dropped), which works for every architecture that names its depth
+    ``num_hidden_layers``. The tokenizer and the model card (for its licence) come along.
+
+    Returns:
+        The parameter count of the derived model.
+    """
+    import shutil
+
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as error:  # noqa: BLE001
+        raise ModelError(f"cannot load model config {source}: {_first_line(error)}") from None
+    depth = getattr(config, "num_hidden_layers", None)
+    if depth is None:
+        raise ModelError(f"{source}: the config has no num_hidden_layers, so its depth cannot be cut")
+    if not 1 <= layers < depth:
+        raise ModelError(f"--layers must be between 1 and {depth - 1} for {source} ({depth} layers)")
+    config.num_hidden_layers = layers
+    model = AutoModel.from_pretrained(source, config=config, use_safetensors=True)
+    model.save_pretrained(destination, safe_serialization=True)
+    load_tokenizer(source).save_pretrained(destination)
+    card = Path(source) / "README.md"
+    if card.is_file():
+        shutil.copyfile(card, Path(destination) / "README.md")
+    return count_parameters(model)

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,8 @@ class Storage:
 
             settings = self._connection_settings()
             self.endpoint_url = settings["endpoint_url"]
-            self._client = boto3.client(
+            # A session of its own: boto3's default session caches the first credentials it resolves.
+            self._client = boto3.session.Session().client(
                 "s3",
                 config=Config(
                     connect_timeout=self.config.connect_timeout_s,
@@ -242,7 +244,9 @@ class Storage:
         root = local_path(prefix_uri)
         if not root.is_dir():
             return []
-        return sorted(str(path) for path in root.rglob("*") if path.is_file() and not path.name.startswith(".tmp"))
+        return sorted(
+            str(path) for path in root.rglob("*") if path.is_file() and not path.name.startswith((".tmp-", ".lock-"))
+        )
 
     def delete(self, uri: str) -> None:
         if is_s3(uri):
@@ -263,7 +267,7 @@ class Storage:
             return
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+        temporary = _temporary_beside(target)
         shutil.copyfile(path, temporary)
         os.replace(temporary, target)
 
@@ -324,11 +328,16 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A fresh name in the target's directory, so the final os.replace/os.link stays atomic."""
+    return path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex}")
+
+
 def _write_local(path: Path, data: bytes, *, if_none_match: bool, if_match: str | None) -> str:
     """Atomic local write with the same conditional semantics as S3 (a lock file serialises CAS)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        temporary = _temporary_beside(path)
         temporary.write_bytes(data)
         if if_none_match:
             try:

@@ -1,0 +1,33 @@
+"""KFP component: clean, validate and split the labelled text."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Markdown, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def clean_data(
+    config_json: str,
+    run_id: str,
+    cleaned: Output[Dataset],
+    report: Output[HTML],
+    report_markdown: Output[Markdown],
+) -> str:
+    """Returns the content fingerprint of the cleaned splits."""
+    from ftpipe import task
+    from ftpipe.steps import clean_data as step
+
+    result = task.run_step("clean_data", config_json, run_id, lambda config, out: step.run(config, out))
+    task.write_result(
+        cleaned,
+        result,
+        data_uri=result.output_uri,
+        quarantine_uri=result.quarantine_uri,
+        fingerprint=result.fingerprint,
+        **{f"rows_{split}": rows for split, rows in result.counts.items()},
+        **{f"rejected_{reason}": rows for reason, rows in result.rejected.items()},
+    )
+    task.copy_report(config_json, result.report_html_uri, report)
+    task.copy_report(config_json, result.report_markdown_uri, report_markdown)
+    return result.fingerprint

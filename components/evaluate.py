@@ -1,0 +1,47 @@
+"""KFP component: test metrics and the gate against the current production model."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def evaluate(
+    config_json: str,
+    run_id: str,
+    cleaned: Input[Dataset],
+    model: Input[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    report_markdown: Output[Markdown],
+) -> NamedTuple("EvaluateOutputs", gate_passed=bool, gate_reasons=str):
+    from collections import namedtuple
+
+    from ftpipe import task
+    from ftpipe.steps import evaluate as step
+    from ftpipe.steps.clean_data import CleanDataResult
+    from ftpipe.steps.finetune import FinetuneResult
+
+    data = task.read_result(cleaned, CleanDataResult)
+    trained = task.read_result(model, FinetuneResult)
+    result = task.run_step(
+        "evaluate",
+        config_json,
+        run_id,
+        lambda config, out: step.run(config, data.test_uri, data.labels, trained.model_uri, out),
+    )
+    task.write_result(evaluation, result, gate_passed=result.gate_passed)
+    metrics.log_metric("accuracy", result.metrics["accuracy"])
+    metrics.log_metric("f1_macro", result.metrics["f1_macro"])
+    if result.production is not None:
+        metrics.log_metric("production_version", result.production.version)
+    confusion.log_confusion_matrix(result.labels, result.confusion_matrix)
+    task.copy_report(config_json, result.report_html_uri, report)
+    task.copy_report(config_json, result.report_markdown_uri, report_markdown)
+    outputs = namedtuple("EvaluateOutputs", ["gate_passed", "gate_reasons"])
+    return outputs(result.gate_passed, "\n".join(result.reasons))

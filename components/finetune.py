@@ -1,0 +1,40 @@
+"""KFP component: fine-tune the selected model with a new classification head."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def finetune(
+    config_json: str,
+    run_id: str,
+    cleaned: Input[Dataset],
+    selection: Input[Artifact],
+    model: Output[Model],
+    training_metrics: Output[Metrics],
+    report: Output[HTML],
+    report_markdown: Output[Markdown],
+):
+    from ftpipe import task
+    from ftpipe.steps import finetune as step
+    from ftpipe.steps.clean_data import CleanDataResult
+    from ftpipe.steps.select_model import SelectModelResult
+
+    data = task.read_result(cleaned, CleanDataResult)
+    chosen = task.read_result(selection, SelectModelResult)
+    result = task.run_step(
+        "finetune",
+        config_json,
+        run_id,
+        lambda config, out: step.run(
+            config, data.train_uri, data.validation_uri, data.labels, chosen.selected, out
+        ),
+    )
+    task.write_result(model, result, model_uri=result.model_uri, base_model=result.base_model_source)
+    training_metrics.log_metric(f"best_validation_{result.best_metric_name}", result.best_metric_value)
+    training_metrics.log_metric("epochs_trained", result.epochs_trained)
+    training_metrics.log_metric("train_examples_per_second", result.train_examples_per_second)
+    task.copy_report(config_json, result.report_html_uri, report)
+    task.copy_report(config_json, result.report_markdown_uri, report_markdown)

@@ -1,0 +1,43 @@
+"""KFP component: store the model as a new immutable registry version (runs only past the gate)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def register_model(
+    config_json: str,
+    run_id: str,
+    cleaned: Input[Dataset],
+    selection: Input[Artifact],
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    registered: Output[Artifact],
+    model_card: Output[Markdown],
+) -> int:
+    """Returns the new version number."""
+    from ftpipe import task
+    from ftpipe.steps import register_model as step
+    from ftpipe.steps.clean_data import CleanDataResult
+    from ftpipe.steps.evaluate import EvaluateResult
+    from ftpipe.steps.finetune import FinetuneResult
+    from ftpipe.steps.select_model import SelectModelResult
+
+    lineage = step.lineage_of(
+        task.read_result(cleaned, CleanDataResult),
+        task.read_result(selection, SelectModelResult),
+        task.read_result(model, FinetuneResult),
+    )
+    evaluated = task.read_result(evaluation, EvaluateResult)
+    trained = task.read_result(model, FinetuneResult)
+    result = task.run_step(
+        "register_model",
+        config_json,
+        run_id,
+        lambda config, out: step.run(config, trained.model_uri, evaluated, lineage, run_id),
+    )
+    task.write_result(registered, result, model_name=result.model_name, version=result.version)
+    task.copy_report(config_json, result.model_card_uri, model_card)
+    return result.version

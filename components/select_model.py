@@ -1,0 +1,40 @@
+"""KFP component: rank the candidate models by a cheap probe on the cleaned data."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def select_model(
+    config_json: str,
+    run_id: str,
+    cleaned: Input[Dataset],
+    selection: Output[Artifact],
+    report: Output[HTML],
+    report_markdown: Output[Markdown],
+) -> str:
+    """Returns the name of the selected candidate."""
+    from ftpipe import task
+    from ftpipe.steps import select_model as step
+    from ftpipe.steps.clean_data import CleanDataResult
+
+    data = task.read_result(cleaned, CleanDataResult)
+    result = task.run_step(
+        "select_model",
+        config_json,
+        run_id,
+        lambda config, out: step.run(config, data.train_uri, data.validation_uri, data.labels, out),
+    )
+    task.write_result(
+        selection,
+        result,
+        selected=result.selected.name,
+        source=result.selected.source,
+        num_parameters=result.selected.num_parameters,
+        skipped=len(result.skipped),
+    )
+    task.copy_report(config_json, result.report_html_uri, report)
+    task.copy_report(config_json, result.report_markdown_uri, report_markdown)
+    return result.selected.name

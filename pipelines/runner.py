@@ -1,0 +1,108 @@
+"""Compile the DAG to the YAML a KFP cluster takes, or run it here with KFP's own local runner.
+
+``ftpipe compile`` and ``ftpipe run --local`` call into this module; it is the one place outside the
+components that imports ``kfp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftpipe import s3server
+from ftpipe.config import PipelineConfig
+from ftpipe.errors import FtpipeError, StorageError
+from ftpipe.steps.evaluate import EvaluateResult
+from ftpipe.steps.register_model import RegisterModelResult
+from ftpipe.storage import Storage, is_s3
+from ftpipe.task import ERROR_FILE_ENV
+from pipelines.ftpipe_pipeline import build_pipeline
+
+
+def compile_pipeline(config: PipelineConfig, output: str | Path, image: str | None = None) -> Path:
+    """Write the compiled pipeline YAML for ``config`` to ``output``."""
+    from kfp import compiler
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(config, image), str(output))
+    return output
+
+
+class PipelineFailed(FtpipeError):
+    """A task of a local run failed."""
+
+
+@dataclass(frozen=True)
+class LocalRunResult:
+    run_dir: Path
+    evaluation: EvaluateResult
+    registered: RegisterModelResult | None
+    seconds: float
+
+
+def preflight(config: PipelineConfig) -> None:
+    """Fail before any task starts when storage or the input data cannot be reached."""
+    storage = Storage(config.storage)
+    for uri in (config.storage.artifact_root, config.registry.uri):
+        storage.check(uri)
+    for uri in filter(None, (config.data.uri, config.data.train_uri, config.data.validation_uri, config.data.test_uri)):
+        if not storage.exists(uri):
+            raise StorageError(f"dataset not found: {uri}")
+
+
+def _local_environment(config: PipelineConfig) -> None:
+    """Give the task processes what the cluster would give them through the Secret."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uses_s3 = any(is_s3(uri) for uri in (config.storage.artifact_root, config.registry.uri))
+    embedded = s3server.read_state()
+    if uses_s3 and embedded is not None and not os.environ.get("AWS_ACCESS_KEY_ID") and not config.storage.endpoint_url:
+        os.environ.update(embedded.env())
+
+
+def run_local(config: PipelineConfig, work_dir: Path | None = None) -> LocalRunResult:
+    """Run the whole DAG with ``kfp.local.SubprocessRunner(use_venv=False)`` and collect its results."""
+    from kfp import local
+
+    _local_environment(config)
+    preflight(config)
+    work_dir = Path(work_dir or s3server.home_dir() / "local-runs")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=work_dir))
+    error_file = run_dir / "errors.txt"
+    os.environ[ERROR_FILE_ENV] = str(error_file)
+    # The base image is only a tag here: tasks run in this interpreter, which has ftpipe installed.
+    logging.getLogger("kfp").setLevel(logging.WARNING)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir))
+    started = time.monotonic()
+    try:
+        build_pipeline(config)(config_json=config.to_json())
+    except RuntimeError as error:
+        message = error_file.read_text().strip() if error_file.exists() else ""
+        raise PipelineFailed(message.splitlines()[-1] if message else f"pipeline failed: {error}") from None
+    finally:
+        os.environ.pop(ERROR_FILE_ENV, None)
+    seconds = time.monotonic() - started
+    return LocalRunResult(
+        run_dir=run_dir,
+        evaluation=EvaluateResult.from_json(_only(run_dir, "evaluate/evaluation").read_text()),
+        registered=_optional_result(run_dir, "register-model/registered", RegisterModelResult),
+        seconds=seconds,
+    )
+
+
+def _only(run_dir: Path, suffix: str) -> Path:
+    found = sorted(run_dir.glob(f"*/{suffix}"))
+    if len(found) != 1:
+        raise PipelineFailed(f"expected one {suffix} in {run_dir}, found {len(found)}")
+    return found[0]
+
+
+def _optional_result(run_dir: Path, suffix: str, result_type):
+    found = sorted(run_dir.glob(f"*/{suffix}"))
+    return result_type.from_json(found[0].read_text()) if found else None

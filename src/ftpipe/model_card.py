@@ -1,0 +1,273 @@
+"""Hugging Face style model cards (``README.md``) for registered models, with their full lineage.
+
+:func:`render_model_card` is a plain function of its inputs: it reads nothing and writes nothing. The
+card starts with YAML front matter that the Hub and ``ftpipe.models.read_license`` understand (licence
+from the base model, ``base_model``, tags, metrics in ``model-index`` form), then says in Markdown where
+the model came from: base model and its source, data fingerprint and URIs, labels, cleaning counts,
+hyper-parameters, test metrics, the gate's comparison with the production version, the pipeline run id,
+the ftpipe version and the time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from ftpipe import __version__
+from ftpipe.reports import markdown_table
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` looks like a Hugging Face hub id (``org/name``) rather than a path or URI."""
+    return "://" not in source and not source.startswith((".", "/", "~")) and bool(_HUB_ID.match(source))
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _pairs(mapping: Mapping[str, Any]) -> str:
+    if not mapping:
+        return "_none recorded_"
+    return markdown_table(["", "value"], [[f"`{key}`", _value(value)] for key, value in mapping.items()])
+
+
+def _front_matter(
+    *,
+    model_name: str,
+    base_model: str,
+    base_model_source: str,
+    license: str | None,
+    labels: Sequence[str],
+    metrics: Mapping[str, Any],
+    dataset_name: str,
+    dataset_uri: str | None,
+    tags: Sequence[str],
+) -> str:
+    front: dict[str, Any] = {}
+    if license:
+        front["license"] = license.lower()
+    front["base_model"] = base_model_source if is_hub_id(base_model_source) else base_model
+    front["library_name"] = "transformers"
+    front["pipeline_tag"] = "text-classification"
+    front["tags"] = list(dict.fromkeys(["ftpipe", "text-classification", *tags]))
+    dataset: dict[str, Any] = {"name": dataset_name, "type": dataset_name, "split": "test"}
+    if dataset_uri:
+        dataset["args"] = {"uri": dataset_uri}
+    results = [
+        {"type": "accuracy", "value": round(float(metrics["accuracy"]), 6), "name": "Accuracy"},
+        {
+            "type": "f1",
+            "value": round(float(metrics["f1_macro"]), 6),
+            "name": "F1 (macro)",
+            "args": {"average": "macro"},
+        },
+    ]
+    for key, name in (("precision_macro", "Precision (macro)"), ("recall_macro", "Recall (macro)")):
+        if key in metrics:
+            results.append(
+                {
+                    "type": key.split("_")[0],
+                    "value": round(float(metrics[key]), 6),
+                    "name": name,
+                    "args": {"average": "macro"},
+                }
+            )
+    front["model-index"] = [
+        {
+            "name": model_name,
+            "results": [
+                {
+                    "task": {"type": "text-classification", "name": "Text Classification"},
+                    "dataset": dataset,
+                    "metrics": results,
+                }
+            ],
+        }
+    ]
+    front["ftpipe"] = {"labels": list(labels)}
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    base_model: str,
+    base_model_source: str,
+    license: str | None,
+    labels: Sequence[str],
+    metrics: Mapping[str, Any],
+    data_fingerprint: str,
+    data_uris: Mapping[str, str] | Sequence[str],
+    cleaning: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+    gate: Mapping[str, Any] | None,
+    run_id: str,
+    ftpipe_version: str = __version__,
+    created_at: datetime | str | None = None,
+    dataset_name: str | None = None,
+    tags: Sequence[str] = (),
+) -> str:
+    """The card (README.md text) of one fine-tuned text classifier.
+
+    Args:
+        model_name: registered model name.
+        base_model: name of the pre-trained model it was fine-tuned from (the candidate's name).
+        base_model_source: where the base model came from (hub id, directory or s3:// prefix).
+        license: licence of the base model's weights (SPDX id); None when unknown.
+        labels: the label set, in class-index order.
+        metrics: test metrics: ``accuracy``, ``f1_macro``, optionally ``precision_macro``,
+            ``recall_macro``, ``n_examples`` and ``per_class`` ({label: {precision, recall, f1, support}}).
+        data_fingerprint: fingerprint of the cleaned data the model was trained and tested on.
+        data_uris: the data it came from and the splits written ({role: uri} or a list of URIs).
+        cleaning: counts from clean_data (rows read, kept, quarantined by reason, ...).
+        hyperparameters: the training settings.
+        gate: ``passed`` (bool), ``metric``, ``tolerance``, ``reasons`` (list of str) and ``production``
+            (None, or ``version``, ``metrics``, ``delta``, ``same_labels``, ``compared_metric``).
+        run_id: the pipeline run that produced the model.
+        ftpipe_version: the ftpipe version that ran it.
+        created_at: when (UTC); now when omitted.
+        dataset_name: a short dataset name for ``model-index``; the fingerprint's first 12 characters when omitted.
+        tags: extra tags for the front matter.
+    """
+    if isinstance(created_at, datetime):
+        created = created_at.astimezone(UTC).isoformat(timespec="seconds")
+    else:
+        created = created_at or datetime.now(UTC).isoformat(timespec="seconds")
+    uris = dict(data_uris) if isinstance(data_uris, Mapping) else {str(i): uri for i, uri in enumerate(data_uris)}
+    dataset = dataset_name or f"ftpipe-data-{data_fingerprint[:12]}"
+    dataset_uri = uris.get("source") or uris.get("uri") or next(iter(uris.values()), None)
+
+    lines = [
+        _front_matter(
+            model_name=model_name,
+            base_model=base_model,
+            base_model_source=base_model_source,
+            license=license,
+            labels=labels,
+            metrics=metrics,
+            dataset_name=dataset,
+            dataset_uri=dataset_uri,
+            tags=tags,
+        ),
+        f"# {model_name}",
+        "",
+        f"A text classifier over {len(labels)} labels ({', '.join(f'`{label}`' for label in labels)}), "
+        f"fine-tuned from `{base_model}` by the ftpipe pipeline (run `{run_id}`). "
+        f"On the held-out test split it reaches accuracy **{float(metrics['accuracy']):.4f}** and "
+        f"macro-F1 **{float(metrics['f1_macro']):.4f}**.",
+        "",
+        "## Lineage",
+        "",
+        markdown_table(
+            ["", "value"],
+            [
+                ["Base model", f"`{base_model}`"],
+                ["Base model source", f"`{base_model_source}`"],
+                ["Licence (from the base model)", license or "unknown: the base model names none"],
+                ["Data fingerprint", f"`{data_fingerprint}`"],
+                *[[f"Data: {role}", f"`{uri}`"] for role, uri in uris.items()],
+                ["Pipeline run", f"`{run_id}`"],
+                ["ftpipe version", ftpipe_version],
+                ["Created (UTC)", created],
+            ],
+        ),
+        "",
+        "## Labels",
+        "",
+        markdown_table(["id", "label"], [[index, label] for index, label in enumerate(labels)]),
+        "",
+        "## Data cleaning",
+        "",
+        _pairs(cleaning),
+        "",
+        "## Hyper-parameters",
+        "",
+        _pairs(hyperparameters),
+        "",
+        "## Test metrics",
+        "",
+        _metrics_section(metrics, labels),
+        "",
+        "## Gate",
+        "",
+        _gate_section(gate, metrics),
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        "# DIRECTORY: where `ftpipe`'s ModelRegistry.download put this version",
+        "tokenizer = AutoTokenizer.from_pretrained(DIRECTORY)",
+        "model = AutoModelForSequenceClassification.from_pretrained(DIRECTORY)",
+        "```",
+        "",
+        "## Limitations",
+        "",
+        "The metrics above hold for data like the test split (same source, same cleaning); texts longer than the "
+        "training `max_length` are truncated. Check the per-class numbers before relying on rare labels.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _metrics_section(metrics: Mapping[str, Any], labels: Sequence[str]) -> str:
+    overall = [["accuracy", float(metrics["accuracy"])], ["f1_macro", float(metrics["f1_macro"])]]
+    for key in ("precision_macro", "recall_macro", "f1_weighted", "n_examples"):
+        if key in metrics:
+            overall.append([key, metrics[key]])
+    parts = [markdown_table(["metric", "value"], overall)]
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        rows = []
+        for label in labels:
+            scores = per_class.get(label)
+            if scores:
+                rows.append([label, scores["precision"], scores["recall"], scores["f1"], scores["support"]])
+        parts += ["", markdown_table(["label", "precision", "recall", "F1", "support"], rows)]
+    return "\n".join(parts)
+
+
+def _gate_section(gate: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> str:
+    if not gate:
+        return "_No gate was recorded._"
+    verdict = "passed" if gate.get("passed") else "failed"
+    parts = [
+        f"The registration gate **{verdict}** (metric `{gate.get('metric', '-')}`, "
+        f"tolerance {_value(gate.get('tolerance'))})."
+    ]
+    production = gate.get("production")
+    if production:
+        prod_metrics = production.get("metrics") or {}
+        delta = production.get("delta") or {}
+        rows = [
+            [key, _value(metrics.get(key)), _value(prod_metrics.get(key)), _value(delta.get(key))]
+            for key in ("accuracy", "f1_macro")
+        ]
+        parts += [
+            "",
+            f"Compared with production version {production.get('version')} on the same test split"
+            + ("" if production.get("same_labels", True) else " (different label sets: compared on accuracy)")
+            + ":",
+            "",
+            markdown_table(["metric", "this model", f"production v{production.get('version')}", "delta"], rows),
+        ]
+    else:
+        parts += ["", "There was no production model to compare with."]
+    reasons = gate.get("reasons") or []
+    if reasons:
+        parts += ["", *[f"- {reason}" for reason in reasons]]
+    return "\n".join(parts)

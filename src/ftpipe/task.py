@@ -1,0 +1,65 @@
+"""What every pipeline task does around its step, kept here so the KFP components stay thin.
+
+A task parses the config passed as a pipeline parameter, runs its step with the output prefix of
+this run, and turns a user error into one line (on stderr and, when ``FTPIPE_ERROR_FILE`` is set by
+``ftpipe run --local``, in that file) and a non-zero exit. KFP artifacts are duck-typed here
+(anything with ``.path`` and ``.metadata``), so this module needs no ``kfp`` import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ftpipe.config import PipelineConfig, config_from_json
+from ftpipe.errors import FtpipeError
+from ftpipe.steps import StepResult, step_output_uri
+from ftpipe.storage import Storage
+
+ResultT = TypeVar("ResultT", bound=StepResult)
+ERROR_FILE_ENV = "FTPIPE_ERROR_FILE"
+
+
+def report_error(message: str) -> None:
+    """Show a user error as one line, and leave it where `ftpipe run --local` can find it."""
+    print(f"ftpipe: error: {message}", file=sys.stderr, flush=True)
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if error_file:
+        with open(error_file, "a", encoding="utf-8") as handle:
+            handle.write(message + "\n")
+
+
+def run_step(
+    step: str, config_json: str, run_id: str, call: Callable[[PipelineConfig, str], ResultT]
+) -> ResultT:
+    """Run ``call(config, output_uri)`` for one step; a user error ends the task with one line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_json(config_json)
+        return call(config, step_output_uri(config, run_id, step))
+    except FtpipeError as error:
+        report_error(f"{step}: {error}")
+        raise SystemExit(error.exit_code) from None
+
+
+def write_result(artifact: Any, result: StepResult, **metadata: Any) -> None:
+    """Store a step result in its KFP artifact (the next task reads it back)."""
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(result.to_json(), encoding="utf-8")
+    artifact.metadata.update({key: value for key, value in metadata.items() if value is not None})
+
+
+def read_result(artifact: Any, result_type: type[ResultT]) -> ResultT:
+    return result_type.from_json(Path(artifact.path).read_text(encoding="utf-8"))
+
+
+def copy_report(config_json: str, report_uri: str, artifact: Any) -> None:
+    """Copy an HTML/Markdown report from the run's storage into a KFP artifact the UI shows."""
+    config = config_from_json(config_json)
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_bytes(Storage(config.storage).read_bytes(report_uri))
+    artifact.metadata["source_uri"] = report_uri

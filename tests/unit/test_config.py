@@ -1,0 +1,56 @@
+"""Config files: valid ones load, every invalid fixture fails with a message naming the field path."""
+
+from pathlib import Path
+
+import pytest
+
+from ftpipe.config import config_from_json, config_schema, load_config
+from ftpipe.errors import ConfigError
+
+CONFIGS = Path(__file__).parents[1] / "assets" / "configs"
+INVALID = sorted((CONFIGS / "invalid").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[2] / "pipelines" / "examples").glob("*.yaml"))
+
+
+def test_minimal_config_fills_documented_defaults():
+    config = load_config(CONFIGS / "valid-minimal.yaml")
+    assert config.training.epochs == 3.0
+    assert config.cleaning.unicode_form == "NFKC"
+    assert config.tokenizer_source == "./models/tiny"
+    assert config.cluster.s3_secret_name == "ftpipe-s3-credentials"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_configs_fail_with_the_field_path(path):
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert expected in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_missing_and_malformed_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_config_round_trips_through_the_pipeline_parameter():
+    config = load_config(CONFIGS / "valid-minimal.yaml")
+    assert config_from_json(config.to_json()) == config
+
+
+def test_schema_documents_every_field():
+    schema = config_schema()
+    training = schema["$defs"]["FinetuneConfig"]["properties"]
+    assert "learning_rate" in training and "early_stopping_patience" in training
+    assert schema["$defs"]["CleanDataConfig"]["properties"]["max_tokens"]["description"]
+    assert schema["additionalProperties"] is False
