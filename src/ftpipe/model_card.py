@@ -38,10 +38,17 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def _signed(value: Any) -> str:
+    return f"{value:+.4f}" if isinstance(value, float) else _value(value)
+
+
 def _pairs(mapping: Mapping[str, Any]) -> str:
     if not mapping:
         return "_none recorded_"
-    return markdown_table(["", "value"], [[f"`{key}`", _value(value)] for key, value in mapping.items()])
+    rows = [
+        [f"`{key}`", f"{value:.6g}" if isinstance(value, float) else _value(value)] for key, value in mapping.items()
+    ]
+    return markdown_table(["", "value"], rows)
 
 
 def _front_matter(
@@ -147,7 +154,7 @@ def render_model_card(
     else:
         created = created_at or datetime.now(UTC).isoformat(timespec="seconds")
     uris = dict(data_uris) if isinstance(data_uris, Mapping) else {str(i): uri for i, uri in enumerate(data_uris)}
-    dataset = dataset_name or f"ftpipe-data-{data_fingerprint[:12]}"
+    dataset = dataset_name or f"ftpipe-data-{data_fingerprint.split(':')[-1][:12]}"
     dataset_uri = uris.get("source") or uris.get("uri") or next(iter(uris.values()), None)
 
     lines = [
@@ -254,7 +261,7 @@ def _gate_section(gate: Mapping[str, Any] | None, metrics: Mapping[str, Any]) ->
         prod_metrics = production.get("metrics") or {}
         delta = production.get("delta") or {}
         rows = [
-            [key, _value(metrics.get(key)), _value(prod_metrics.get(key)), _value(delta.get(key))]
+            [key, _value(metrics.get(key)), _value(prod_metrics.get(key)), _signed(delta.get(key))]
             for key in ("accuracy", "f1_macro")
         ]
         parts += [

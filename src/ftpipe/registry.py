@@ -127,6 +127,21 @@ def _parse_version(version: int | str) -> int:
     return int(text)
 
 
+def _parse_manifest(uri: str, data: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        raise RegistryError(f"version manifest {uri} is not valid JSON") from None
+    missing = [
+        key
+        for key in ("version", "created_at", "blob", "files")
+        if not isinstance(manifest, dict) or key not in manifest
+    ]
+    if missing:
+        raise RegistryError(f"version manifest {uri} lacks {', '.join(missing)}")
+    return manifest
+
+
 def _model_files(directory: Path) -> list[str]:
     """Relative paths of the model's files: hidden files and our own card/metadata left out."""
     found = []
@@ -148,9 +163,6 @@ class ModelRegistry:
         self.uri = uri.rstrip("/")
 
     # -- layout -----------------------------------------------------------------------------
-
-    def _model_root(self, name: str) -> str:
-        return join(self.uri, name)
 
     def _manifest_uri(self, name: str, version: int) -> str:
         return join(self.uri, name, "versions", f"{version:06d}.json")
@@ -231,7 +243,7 @@ class ModelRegistry:
         number = _parse_version(version)
         uri = self._manifest_uri(name, number)
         try:
-            manifest = self.storage.read_json(uri)
+            data = self.storage.read_bytes(uri)
         except PreconditionFailed:
             raise
         except StorageError:
@@ -241,7 +253,19 @@ class ModelRegistry:
             if not numbers:
                 raise self._unknown_model(name) from None
             raise RegistryError(f"unknown version {number} of model '{name}' (versions: {_ranges(numbers)})") from None
-        return self._version_from_manifest(name, manifest)
+        return self._version_from_manifest(name, _parse_manifest(uri, data))
+
+    def _manifest_blob(self, uri: str) -> str | None:
+        """The blob a manifest names, or None when it cannot be read."""
+        try:
+            manifest = json.loads(self.storage.read_bytes(uri))
+        except (StorageError, ValueError):
+            return None
+        return manifest.get("blob") if isinstance(manifest, dict) else None
+
+    def _read_manifest(self, name: str, number: int) -> dict[str, Any]:
+        uri = self._manifest_uri(name, number)
+        return _parse_manifest(uri, self.storage.read_bytes(uri))
 
     def model_uri(self, name: str, version: int | str) -> str:
         """The prefix holding the version's files; ``from_pretrained`` loads it once downloaded."""
@@ -304,22 +328,23 @@ class ModelRegistry:
         try:
             for relative in files:
                 path = directory / relative
+                entries.append({"path": relative, "size": path.stat().st_size, "sha256": _file_sha256(path)})
                 uri = join(blob_uri, relative)
                 self.storage.upload_file(path, uri)
                 written.append(uri)
-                entries.append({"path": relative, "size": path.stat().st_size, "sha256": _file_sha256(path)})
             for relative, data, content_type in (
                 (METADATA_FILE, metadata_bytes, "application/json"),
                 (MODEL_CARD_FILE, card_bytes, "text/markdown; charset=utf-8"),
             ):
+                entries.append({"path": relative, "size": len(data), "sha256": _sha256(data)})
                 uri = join(blob_uri, relative)
                 self.storage.write_bytes(uri, data, content_type=content_type)
                 written.append(uri)
-                entries.append({"path": relative, "size": len(data), "sha256": _sha256(data)})
-            return self._commit(name, blob, entries, metadata)
         except BaseException:
-            self._discard(written)
+            self._discard(written)  # nothing refers to the blob yet
             raise
+        # From here on the blob stays even on failure: a commit whose answer was lost may have succeeded.
+        return self._commit(name, blob, entries, metadata)
 
     def _commit(
         self, name: str, blob: str, entries: list[dict[str, Any]], metadata: dict[str, Any]
@@ -337,11 +362,13 @@ class ModelRegistry:
                 "metadata": metadata,
             }
             data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8")
+            uri = self._manifest_uri(name, number)
             try:
-                self.storage.write_bytes(
-                    self._manifest_uri(name, number), data, content_type="application/json", if_none_match=True
-                )
+                self.storage.write_bytes(uri, data, content_type="application/json", if_none_match=True)
             except PreconditionFailed:
+                # A retried request whose first try did succeed also ends here: then the version is ours.
+                if self._manifest_blob(uri) == blob:
+                    return self._version_from_manifest(name, self._read_manifest(name, number))
                 numbers = self._version_numbers(name)
                 number = max(number + 1, (numbers[-1] + 1) if numbers else 1)
                 continue
@@ -378,7 +405,10 @@ class ModelRegistry:
             # Every write appends a timestamped history entry, so content never repeats: an unchanged
             # ETag after the read means the bytes read are the object at that ETag.
             if self.storage.etag(uri) == before:
-                return AliasRecord.model_validate_json(data), before
+                try:
+                    return AliasRecord.model_validate_json(data), before
+                except ValueError:
+                    raise RegistryError(f"alias file {uri} is not a valid alias record") from None
         raise RegistryError(f"alias '{alias}' of '{name}' keeps changing; try again")
 
     def list_aliases(self, name: str) -> dict[str, int]:

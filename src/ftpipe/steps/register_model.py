@@ -1,0 +1,236 @@
+"""register_model: store a model that passed the gate as a new immutable registry version.
+
+Run it as ``run(config, model_uri, evaluation, lineage, run_id)``, only after evaluate's gate passed: it
+refuses (RegistryError) otherwise, and when ``evaluation`` scored another model than ``model_uri``. One
+new version of ``config.registry.model_name`` holds the model files, ``metadata.json`` (``metrics``,
+``gate`` with the production comparison, ``data`` with its fingerprint and URIs, ``base_model`` with its
+source and licence, ``cleaning``, ``hyperparameters``, the full ``config``, ``run_id``, ``ftpipe_version``,
+``registered_at`` in UTC) and the model card (``README.md``), committed atomically by
+:class:`ftpipe.registry.ModelRegistry`.
+Then ``config.registry.alias_on_register`` (if set) moves to the new version, forward only: when a
+concurrent run already moved it to a newer version, it stays there.
+
+``lineage`` is a dict (see :func:`lineage_of`, which builds it from the earlier steps' results):
+
+- ``data_fingerprint`` (required), ``data_uris`` ({role: uri}), ``labels``;
+- ``base_model`` (candidate name, required), ``base_model_source`` (required), ``base_model_license``;
+- ``cleaning`` (flat counts from clean_data), ``hyperparameters`` (default: ``config.training``),
+  ``training`` (best validation metric, epochs trained, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ftpipe import __version__, models
+from ftpipe.config import PipelineConfig
+from ftpipe.errors import RegistryError
+from ftpipe.model_card import render_model_card
+from ftpipe.registry import ModelRegistry
+from ftpipe.steps import StepResult
+from ftpipe.steps.evaluate import EvaluateResult
+from ftpipe.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_LINEAGE = ("data_fingerprint", "base_model", "base_model_source")
+
+
+class RegisterModelResult(StepResult):
+    """The version just registered and the aliases moved to it."""
+
+    model_name: str
+    version: int
+    version_uri: str  # the version manifest (its commit point)
+    model_uri: str  # the prefix with the model files; from_pretrained loads it once downloaded
+    model_card_uri: str
+    metadata_uri: str
+    aliases_set: list[str]
+
+
+def lineage_of(cleaned: Any, selection: Any, trained: Any) -> dict[str, Any]:
+    """The lineage dict from the results of clean_data, select_model and finetune (read duck-typed)."""
+    selected = getattr(selection, "selected", None)
+    data_uris = {
+        role: getattr(cleaned, attribute)
+        for role, attribute in (
+            ("source", "source_uri"),
+            ("cleaned", "output_uri"),
+            ("train", "train_uri"),
+            ("validation", "validation_uri"),
+            ("test", "test_uri"),
+            ("quarantine", "quarantine_uri"),
+        )
+        if getattr(cleaned, attribute, None)
+    }
+    cleaning = {f"rows_{split}": rows for split, rows in (getattr(cleaned, "counts", None) or {}).items()}
+    cleaning |= {f"rejected_{reason}": rows for reason, rows in (getattr(cleaned, "rejected", None) or {}).items()}
+    training = {
+        key: getattr(trained, key)
+        for key in (
+            "best_metric_name",
+            "best_metric_value",
+            "epochs_trained",
+            "global_steps",
+            "train_seconds",
+            "train_examples_per_second",
+            "stopped_early",
+        )
+        if getattr(trained, key, None) is not None
+    }
+    return {
+        "data_fingerprint": getattr(cleaned, "fingerprint", None),
+        "data_uris": data_uris,
+        "labels": list(getattr(cleaned, "labels", None) or []),
+        "cleaning": cleaning,
+        "base_model": getattr(selected, "name", None) or getattr(trained, "base_model_name", None),
+        "base_model_source": getattr(trained, "base_model_source", None) or getattr(selected, "source", None),
+        "base_model_license": getattr(selected, "license", None),
+        "base_model_parameters": getattr(selected, "num_parameters", None) or getattr(trained, "num_parameters", None),
+        "training": training,
+    }
+
+
+def _license(config: PipelineConfig, lineage: dict[str, Any], model_dir: Path) -> str | None:
+    """The base model's licence: from the lineage, the candidate's config, or a model card's front matter."""
+    if lineage.get("base_model_license"):
+        return str(lineage["base_model_license"]).lower()
+    for candidate in config.candidates:
+        if candidate.name == lineage["base_model"] and candidate.license:
+            return candidate.license.lower()
+    found = models.read_license(str(model_dir))
+    if found:
+        return found
+    source = Path(str(lineage["base_model_source"]))
+    return models.read_license(str(source)) if source.is_dir() else None
+
+
+def _model_labels(model_dir: Path) -> list[str] | None:
+    try:
+        id2label = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("id2label") or {}
+    except (OSError, ValueError):
+        return None
+    return [str(id2label[key]) for key in sorted(id2label, key=int)] if id2label else None
+
+
+def run(
+    config: PipelineConfig,
+    model_uri: str,
+    evaluation: EvaluateResult,
+    lineage: dict[str, Any],
+    run_id: str,
+    storage: Storage | None = None,
+    registry: ModelRegistry | None = None,
+) -> RegisterModelResult:
+    """Register ``model_uri`` as the next version of ``config.registry.model_name``.
+
+    Raises:
+        RegistryError: the gate failed, the evaluation is of another model, or the registry refuses.
+        ValueError: ``lineage`` lacks a required key (a wiring bug, not a user error).
+    """
+    name = config.registry.model_name
+    if not evaluation.gate_passed:
+        failed = [reason for reason in evaluation.reasons if reason.startswith("failed")] or evaluation.reasons
+        raise RegistryError(f"the evaluation gate failed, so '{name}' is not registered: {'; '.join(failed)}")
+    if evaluation.model_uri.rstrip("/") != model_uri.rstrip("/"):
+        raise RegistryError(f"the evaluation scored {evaluation.model_uri}, not {model_uri}: not registered")
+    missing = [key for key in REQUIRED_LINEAGE if not lineage.get(key)]
+    if missing:
+        raise ValueError(f"lineage lacks {', '.join(missing)}")
+    storage = storage or Storage(config.storage)
+    registry = registry or ModelRegistry(storage, config.registry.uri)
+
+    data_uris = dict(lineage.get("data_uris") or {})
+    if "source" not in data_uris and config.data.uri:
+        data_uris = {"source": config.data.uri, **data_uris}
+    hyperparameters = dict(lineage.get("hyperparameters") or config.training.model_dump(mode="json"))
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")
+    gate = {
+        "passed": evaluation.gate_passed,
+        "metric": evaluation.gate_metric,
+        "tolerance": config.gate.tolerance,
+        "min_accuracy": config.gate.min_accuracy,
+        "min_f1_macro": config.gate.min_f1_macro,
+        "reasons": evaluation.reasons,
+        "production": evaluation.production.model_dump() if evaluation.production else None,
+    }
+
+    with storage.local_copy(model_uri, directory=True) as model_dir:
+        saved_labels = _model_labels(model_dir)
+        if saved_labels is not None and set(saved_labels) != set(evaluation.labels):
+            raise RegistryError(
+                f"the model at {model_uri} has labels {saved_labels}, the evaluation {evaluation.labels}: "
+                "not registered"
+            )
+        license = _license(config, lineage, model_dir)
+        metadata = {
+            "model_name": name,
+            "labels": evaluation.labels,
+            "metrics": evaluation.metrics,
+            "confusion_matrix": evaluation.confusion_matrix,
+            "gate": gate,
+            "evaluation": {
+                "test_uri": evaluation.test_uri,
+                "report_html_uri": evaluation.report_html_uri,
+                "report_json_uri": evaluation.report_json_uri,
+                "predictions_uri": evaluation.predictions_uri,
+            },
+            "data": {
+                "fingerprint": lineage["data_fingerprint"],
+                "uris": data_uris,
+                "labels": list(lineage.get("labels") or evaluation.labels),
+            },
+            "base_model": {
+                "name": lineage["base_model"],
+                "source": lineage["base_model_source"],
+                "license": license,
+                "parameters": lineage.get("base_model_parameters"),
+            },
+            "cleaning": lineage.get("cleaning") or {},
+            "training": lineage.get("training") or {},
+            "hyperparameters": hyperparameters,
+            "source_model_uri": model_uri,
+            "config": config.model_dump(mode="json"),
+            "run_id": run_id,
+            "ftpipe_version": __version__,
+            "registered_at": created_at,
+        }
+        card = render_model_card(
+            model_name=name,
+            base_model=lineage["base_model"],
+            base_model_source=lineage["base_model_source"],
+            license=license,
+            labels=evaluation.labels,
+            metrics=evaluation.metrics,
+            data_fingerprint=lineage["data_fingerprint"],
+            data_uris=data_uris,
+            cleaning=lineage.get("cleaning") or {},
+            hyperparameters=hyperparameters,
+            gate=gate,
+            run_id=run_id,
+            created_at=created_at,
+        )
+        version = registry.register(name, model_dir, metadata, card)
+    logger.info("registered %s version %d at %s", name, version.version, version.model_uri)
+
+    aliases_set = []
+    alias = config.registry.alias_on_register
+    if alias:
+        record = registry.set_alias(name, alias, version.version, only_forward=True, note=f"run {run_id}")
+        if record.version == version.version:
+            aliases_set.append(alias)
+        else:
+            logger.warning("alias %s of %s stays on the newer version %d", alias, name, record.version)
+    return RegisterModelResult(
+        model_name=name,
+        version=version.version,
+        version_uri=version.manifest_uri,
+        model_uri=version.model_uri,
+        model_card_uri=version.model_card_uri,
+        metadata_uri=version.metadata_uri,
+        aliases_set=aliases_set,
+    )
