@@ -19,7 +19,7 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     report_markdown: Output[Markdown],
-) -> NamedTuple("EvaluateOutputs", gate_passed=bool, gate_reasons=str):
+) -> NamedTuple("EvaluateOutputs", [("gate_passed", bool), ("gate_reasons", str)]):
     from collections import namedtuple
 
     from ftpipe import task

@@ -7,7 +7,6 @@ parameter (its default is the config compiled in; a run may override it). No cre
 ever part of the config or the YAML: tasks read them from the Secret as environment variables.
 """
 
-from __future__ import annotations
 
 from kfp import dsl, kubernetes
 

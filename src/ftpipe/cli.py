@@ -3,6 +3,8 @@
     ftpipe s3 up|down|status                      the embedded S3 server (SeaweedFS on 127.0.0.1)
     ftpipe run --local --config FILE              compile the DAG and run it with KFP's local runner
     ftpipe compile --config FILE -o pipeline.yaml the YAML a platform engineer uploads to KFP
+    ftpipe submit --host URL --config FILE        compile the DAG and start one run on a KFP cluster
+    ftpipe schedule --host URL --config FILE --cron "0 3 * * 1"   create or replace a recurring run
     ftpipe registry list|show|promote             registered models, versions and aliases
     ftpipe config validate FILE | config schema   check a config file; print its JSON schema
     ftpipe models derive SRC DST --layers N       a smaller candidate: the first N layers of SRC
@@ -106,6 +108,38 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import Connection, submit_run
+
+    config = load_config(args.config)
+    connection = Connection.resolve(args.host, args.token, args.namespace)
+    run = submit_run(config, connection, experiment=args.experiment, run_name=args.run_name, image=args.image)
+    print(f"submitted run '{run.run_name}' to experiment '{run.experiment_name}' on {connection.host}")
+    print(run.url)
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from pipelines.submit import Connection, kfp_cron, schedule_run
+
+    kfp_cron(args.cron)  # a bad cron fails before anything is compiled or sent
+    config = load_config(args.config)
+    connection = Connection.resolve(args.host, args.token, args.namespace)
+    scheduled = schedule_run(
+        config, connection, args.cron, name=args.name, experiment=args.experiment, image=args.image
+    )
+    if scheduled.replaced:
+        done = f"replaced recurring run '{scheduled.name}' (deleted {', '.join(scheduled.replaced)})"
+    else:
+        done = f"created recurring run '{scheduled.name}'"
+    print(
+        f"{done} in experiment '{scheduled.experiment_name}' on {connection.host}: cron '{scheduled.cron}' "
+        f"(KFP '{scheduled.kfp_cron}'), at most one run at a time, no catch-up"
+    )
+    print(scheduled.url)
+    return 0
+
+
 def _print_run_summary(config: PipelineConfig, result) -> None:
     from rich.table import Table
 
@@ -156,7 +190,7 @@ def _registry_list(args: argparse.Namespace) -> int:
         table = Table(title=f"Versions of {args.name}")
         for column in ("version", "created", "accuracy", "f1_macro", "aliases"):
             table.add_column(column)
-        aliases = registry.aliases(args.name)
+        aliases = registry.list_aliases(args.name)
         for version in registry.list_versions(args.name):
             metrics = version.metadata.get("metrics", {})
             table.add_row(
@@ -183,7 +217,7 @@ def _registry_show(args: argparse.Namespace) -> int:
         if version is None:
             raise RegistryError(f"model {args.name} has no alias '{args.alias}'")
     else:
-        version = registry.get_version(args.name, args.version) if args.version else registry.latest(args.name)
+        version = registry.get_version(args.name, args.version) if args.version else registry.latest_version(args.name)
     print(json.dumps(version.model_dump(mode="json"), indent=2, sort_keys=True, default=str))
     return 0
 
@@ -247,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", default="pipeline.yaml", help="output YAML path")
     compile_.add_argument("--image", default=None, help="component image (default: ftpipe:<version>)")
     compile_.set_defaults(handler=_compile)
+
+    def kfp_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--host", default=None, help="KFP API URL (default: $KF_PIPELINES_ENDPOINT)")
+        sub.add_argument("--config", required=True, help="pipeline config YAML")
+        sub.add_argument(
+            "--experiment", default=None, help="KFP experiment, created if missing (default: ftpipe-<model>)"
+        )
+        sub.add_argument("--image", default=None, help="component image (default: ftpipe:<version>)")
+        sub.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user KFP)")
+        sub.add_argument(
+            "--token", default=None, help="bearer token (default: the file named by $KF_PIPELINES_SA_TOKEN_PATH)"
+        )
+        return sub
+
+    submit = kfp_parser("submit", "compile the DAG and start one run on a KFP cluster")
+    submit.add_argument("--run-name", default=None, help="run name (default: ftpipe-<model>-<UTC time>)")
+    submit.set_defaults(handler=_submit)
+    schedule = kfp_parser("schedule", "create or replace a recurring run: one run at a time, no catch-up")
+    schedule.add_argument("--cron", required=True, help='standard five-field cron, e.g. "0 3 * * 1" (Mondays 03:00)')
+    schedule.add_argument("--name", default=None, help="recurring run name (default: ftpipe-<model>)")
+    schedule.set_defaults(handler=_schedule)
 
     registry = commands.add_parser("registry", help="registered models, versions and aliases")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True)
