@@ -143,8 +143,10 @@ def stratified_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame
 
     try:
         sample, _ = train_test_split(frame, train_size=rows, stratify=frame["label_id"], random_state=seed)
-    except ValueError:  # a class with one row, or fewer rows than classes
-        sample = frame.sample(n=rows, random_state=seed)
+    except ValueError:  # a class with a single row: keep one row of every class, fill the rest at random
+        firsts = frame.groupby("label_id", sort=False).head(1)
+        rest = frame.drop(index=firsts.index)
+        sample = pd.concat([firsts, rest.sample(n=max(0, rows - len(firsts)), random_state=seed)])
     return sample.reset_index(drop=True)
 
 
@@ -311,7 +313,12 @@ def _score_candidate(
     score = f1 - selection.cost_weight * math.log10(max(num_parameters, 1))
     logger.info(
         "candidate %s: %s parameters, probe macro-F1 %.4f, accuracy %.4f, score %.4f (%.1f s)",
-        candidate.name, f"{num_parameters:,}", f1, accuracy, score, seconds,
+        candidate.name,
+        f"{num_parameters:,}",
+        f1,
+        accuracy,
+        score,
+        seconds,
     )
     return CandidateScore(
         name=candidate.name,
@@ -369,7 +376,9 @@ def run(
         torch.set_num_threads(available_cpus())
     logger.info(
         "probing %d candidate(s) on %d train / %d validation rows",
-        len(config.candidates), len(train), len(validation),
+        len(config.candidates),
+        len(train),
+        len(validation),
     )
 
     ranking: list[CandidateScore] = []
@@ -459,7 +468,7 @@ def _score_chart(ranking: Sequence[CandidateScore]) -> str:
     axes.barh(names, [item.probe_f1_macro for item in reversed(ranking)], color="#9ab", label="probe macro-F1")
     axes.barh(names, [item.score for item in reversed(ranking)], color="#246", height=0.4, label="score")
     axes.set_xlabel("value")
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.3 / len(ranking)), ncol=2, fontsize="small")
     return reports.figure_to_data_uri(figure)
 
 

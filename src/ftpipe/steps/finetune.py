@@ -1,0 +1,634 @@
+"""finetune: train a sequence classifier on the cleaned splits with the Hugging Face Trainer.
+
+The selected candidate gets a new classification head (``id2label``/``label2id`` from the labels);
+every hyper-parameter comes from ``config.training``. Texts are tokenized once up front without
+padding; batches are padded dynamically (and grouped by length when ``group_by_length`` is on). The
+validation split is evaluated each epoch (accuracy and macro-F1), early stopping watches
+``metric_for_best_model`` and the best epoch's weights are the ones saved.
+
+Preemption: checkpoints are written to a local work directory and mirrored to
+``<output_uri>/checkpoints/`` after each save, each one marked complete only once all of its files
+are up. When a run starts and complete checkpoints exist there, it downloads them and resumes from
+the newest one, so a retried pod on a preempted GPU node goes on where the last one stopped. The
+mirror is removed once the final model and reports are written.
+
+Outputs under ``output_uri``: ``model/`` (safetensors weights, config with ``id2label``, tokenizer,
+model card), ``train_log.json`` (the Trainer's log history), ``report.md`` and ``report.html`` (loss
+and validation curves). Run it as ``run(config, train_uri, validation_uri, labels, output_uri,
+candidate=name)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import TrainerCallback
+
+from ftpipe import models, reports
+from ftpipe.config import CandidateConfig, FinetuneConfig, PipelineConfig
+from ftpipe.errors import ModelError
+from ftpipe.steps import StepResult
+from ftpipe.steps.select_model import (
+    CandidateScore,
+    available_cpus,
+    candidate_license,
+    check_split,
+    ensure_pad_token,
+    find_candidate,
+    read_split,
+    stratified_sample,
+)
+from ftpipe.storage import Storage, is_s3, join, local_path
+
+logger = logging.getLogger(__name__)
+
+MIRROR_MARKER = "ftpipe-checkpoint-complete.json"
+SAVE_TOTAL_LIMIT = 2  # the newest checkpoint (to resume) and the best one (to load at the end)
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+# Config attributes that hold a dropout probability, across model families (BERT/RoBERTa/ELECTRA/DeBERTa,
+# DistilBERT, BART, GPT-2, T5, Llama-like). ``training.dropout`` overrides every one a model has.
+DROPOUT_ATTRIBUTES = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "seq_classif_dropout",
+    "pooler_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "dropout_rate",
+)
+
+
+class FinetuneResult(StepResult):
+    """Where the fine-tuned model is and how its training went."""
+
+    model_uri: str
+    base_model_name: str
+    base_model_source: str
+    labels: list[str]
+    num_parameters: int
+    best_metric_name: str  # the validation metric that chose the saved weights (training.metric_for_best_model)
+    best_metric_value: float
+    epochs_trained: float
+    global_steps: int
+    train_seconds: float
+    train_examples_per_second: float
+    stopped_early: bool
+    resumed_from_checkpoint: str | None
+    log_uri: str
+    report_html_uri: str
+    report_markdown_uri: str
+
+
+# -- small pure helpers -------------------------------------------------------------------------
+
+
+def precision_flags(cuda_available: bool, bf16_supported: bool) -> dict[str, bool]:
+    """Mixed precision only on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16."""
+    if not cuda_available:
+        return {"bf16": False, "fp16": False}
+    return {"bf16": True, "fp16": False} if bf16_supported else {"bf16": False, "fp16": True}
+
+
+def dropout_overrides(model_config: Any, dropout: float | None) -> dict[str, float]:
+    """``{attribute: dropout}`` for each dropout attribute the model config has (empty when not overriding)."""
+    if dropout is None:
+        return {}
+    found = {}
+    for name in DROPOUT_ATTRIBUTES:
+        value = getattr(model_config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[name] = dropout
+    return found
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """Accuracy and macro-F1 of the argmax predictions (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits = eval_prediction.predictions
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    predicted = np.asarray(logits).argmax(axis=-1)
+    references = np.asarray(eval_prediction.label_ids)
+    return {
+        "accuracy": float(accuracy_score(references, predicted)),
+        "f1_macro": float(f1_score(references, predicted, average="macro", zero_division=0)),
+    }
+
+
+def _relative(uri: str, prefix_uri: str) -> str:
+    base = prefix_uri.rstrip("/") + "/" if is_s3(prefix_uri) else str(local_path(prefix_uri)).rstrip("/") + "/"
+    return uri[len(base) :] if uri.startswith(base) else uri
+
+
+def mirrored_checkpoints(storage: Storage, prefix_uri: str) -> dict[int, str]:
+    """``{global_step: uri}`` of the complete checkpoints mirrored under ``prefix_uri``."""
+    found = {}
+    for uri in storage.list(prefix_uri):
+        parts = _relative(uri, prefix_uri).split("/")
+        match = _CHECKPOINT_NAME.fullmatch(parts[0])
+        if len(parts) == 2 and parts[1] == MIRROR_MARKER and match:
+            found[int(match.group(1))] = join(prefix_uri, parts[0])
+    return found
+
+
+def _delete_prefix(storage: Storage, prefix_uri: str, first: str | None = None) -> None:
+    """Delete every object under a prefix (``first`` before the rest, so a marker goes before its files)."""
+    objects = storage.list(prefix_uri)
+    if first is not None:
+        objects.sort(key=lambda uri: not uri.endswith("/" + first))
+    for uri in objects:
+        storage.delete(uri)
+    if not is_s3(prefix_uri):
+        shutil.rmtree(local_path(prefix_uri), ignore_errors=True)
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+
+
+class CheckpointMirror(TrainerCallback):
+    """After each save, copy the new checkpoint to ``prefix_uri`` and drop the ones the Trainer rotated away."""
+
+    def __init__(self, storage: Storage, prefix_uri: str) -> None:
+        self.storage = storage
+        self.prefix_uri = prefix_uri
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not local.is_dir():
+            return
+        started = time.perf_counter()
+        target = join(self.prefix_uri, local.name)
+        self.storage.upload_dir(local, target)
+        self.storage.write_json(join(target, MIRROR_MARKER), {"global_step": state.global_step, "epoch": state.epoch})
+        kept = {path.name for path in Path(args.output_dir).glob("checkpoint-*")}
+        for step, uri in mirrored_checkpoints(self.storage, self.prefix_uri).items():
+            if f"checkpoint-{step}" not in kept:
+                _delete_prefix(self.storage, uri, first=MIRROR_MARKER)
+        logger.info("mirrored %s to %s (%.1f s)", local.name, target, time.perf_counter() - started)
+
+
+class ProgressLog(TrainerCallback):
+    """Concise progress lines in the step's log (the Trainer's own progress bar is turned off)."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+        resumed = f", resuming at step {state.global_step}" if state.global_step else ""
+        logger.info(
+            "training %d steps over %g epoch(s), batch %d x %d accumulation%s",
+            state.max_steps,
+            args.num_train_epochs,
+            args.per_device_train_batch_size,
+            args.gradient_accumulation_steps,
+            resumed,
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        elapsed = time.perf_counter() - self._started
+        if "loss" in logs:
+            logger.info(
+                "step %d/%d  epoch %.2f  loss %.4f  lr %.2e  %.0f s",
+                state.global_step,
+                state.max_steps,
+                state.epoch or 0.0,
+                logs["loss"],
+                logs.get("learning_rate", float("nan")),
+                elapsed,
+            )
+        elif "eval_loss" in logs:
+            logger.info(
+                "epoch %.2f validation: loss %.4f  accuracy %.4f  macro-F1 %.4f",
+                state.epoch or 0.0,
+                logs["eval_loss"],
+                logs.get("eval_accuracy", float("nan")),
+                logs.get("eval_f1_macro", float("nan")),
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        logger.info(
+            "training ended at step %d/%d, epoch %.2f, best %s %s",
+            state.global_step,
+            state.max_steps,
+            state.epoch or 0.0,
+            args.metric_for_best_model,
+            state.best_metric,
+        )
+
+
+# -- steps of the step --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Restored:
+    """A mirrored checkpoint downloaded to resume from."""
+
+    path: Path
+    uri: str
+    global_step: int
+    epoch: float
+    stop_decided: bool  # early stopping had already ended training when this checkpoint was saved
+
+
+def _restore_checkpoints(storage: Storage, prefix_uri: str, directory: Path) -> _Restored | None:
+    """Download the complete mirrored checkpoints into ``directory``; the newest one, or None when there are none."""
+    mirrored = mirrored_checkpoints(storage, prefix_uri)
+    if not mirrored:
+        return None
+    for step, uri in sorted(mirrored.items()):
+        storage.download_dir(uri, directory / f"checkpoint-{step}")
+    newest_step = max(mirrored)
+    newest = directory / f"checkpoint-{newest_step}"
+    # The Trainer recorded the best checkpoint as an absolute path on the old pod: point it here.
+    state_file = newest / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    best = state.get("best_model_checkpoint")
+    if best:
+        here = directory / Path(best).name
+        state["best_model_checkpoint"] = str(here) if here.is_dir() else None
+        state_file.write_text(json.dumps(state, indent=2))
+    control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
+    stop_decided = bool((control.get("args") or {}).get("should_training_stop"))
+    logger.info("resuming from %s (step %d)", mirrored[newest_step], newest_step)
+    return _Restored(newest, mirrored[newest_step], newest_step, float(state.get("epoch") or 0.0), stop_decided)
+
+
+def _load_model(candidate: CandidateConfig, resolved: str, labels: list[str], training: FinetuneConfig):
+    """The candidate with a new classification head, dropout overridden where asked."""
+    from transformers import AutoConfig
+
+    try:
+        base_config = AutoConfig.from_pretrained(resolved, trust_remote_code=candidate.trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for "cannot load"
+        raise ModelError(f"cannot load model {candidate.source}: {str(error).strip().splitlines()[0]}") from None
+    overrides = dropout_overrides(base_config, training.dropout)
+    if training.dropout is not None and not overrides:
+        logger.warning("training.dropout is set but %s has no known dropout setting; left as is", candidate.name)
+    return models.load_classifier(
+        resolved,
+        id2label=dict(enumerate(labels)),
+        trust_remote_code=candidate.trust_remote_code,
+        ignore_mismatched_sizes=True,  # a checkpoint that already has a head of another size gets a new one
+        **overrides,
+    )
+
+
+def _tokenize(frame, tokenizer, max_length: int):
+    """A ``datasets.Dataset`` of token ids (unpadded) and ``labels``, tokenized once, in batches."""
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"text": frame["text"].tolist(), "labels": frame["label_id"].tolist()})
+    return dataset.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["text"],
+        keep_in_memory=True,
+    )
+
+
+def _training_arguments(training: FinetuneConfig, output_dir: Path, train_rows: int, max_steps: int = -1):
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    steps_per_epoch = math.ceil(train_rows / (training.batch_size * training.gradient_accumulation_steps))
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=training.learning_rate,
+        num_train_epochs=training.epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.eval_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=training.weight_decay,
+        label_smoothing_factor=training.label_smoothing,
+        seed=training.seed,
+        data_seed=training.seed,
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 10),  # about ten points per epoch on the loss curve
+        logging_first_step=True,
+        load_best_model_at_end=True,
+        metric_for_best_model=training.metric_for_best_model,
+        greater_is_better=training.metric_for_best_model != "loss",
+        save_total_limit=SAVE_TOTAL_LIMIT,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
+        report_to=[],
+        push_to_hub=False,
+        disable_tqdm=True,  # ProgressLog writes concise lines instead of carriage-return bars in pod logs
+        dataloader_num_workers=0,  # tokenized in memory already: worker processes would only add start-up time
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,
+        **precision_flags(cuda, bf16),
+    )
+
+
+def _model_card(
+    candidate: CandidateConfig, license_id: str | None, labels: list[str], metric: str, value: float
+) -> str:
+    front = ["---"]
+    if license_id:
+        front.append(f"license: {license_id}")
+    front += ["library_name: transformers", "pipeline_tag: text-classification", "tags:", "- ftpipe", "---"]
+    body = [
+        f"# {candidate.name}, fine-tuned by ftpipe",
+        "",
+        f"Base model: `{candidate.source}`. Labels (class-index order): {', '.join(labels)}.",
+        f"Best validation {metric}: {value:.4f}.",
+    ]
+    return "\n".join(front + [""] + body) + "\n"
+
+
+def run(
+    config: PipelineConfig,
+    train_uri: str,
+    validation_uri: str,
+    labels: Sequence[str],
+    candidate: CandidateScore | CandidateConfig | str,
+    output_uri: str,
+    *,
+    storage: Storage | None = None,
+    work_dir: str | Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> FinetuneResult:
+    """Fine-tune one candidate and upload the best model.
+
+    Args:
+        config: the pipeline config (``training`` and ``candidates`` are used).
+        train_uri: cleaned train split (parquet: text, label, label_id).
+        validation_uri: cleaned validation split, same columns.
+        labels: label names in class-index order.
+        output_uri: prefix (s3:// or local) for the model, checkpoints, log and reports.
+        candidate: the candidate to train (select_model's ``selected``, a config candidate or its name); its
+            settings (source, ``trust_remote_code``, licence) are those of the config candidate of that name.
+        storage: storage to use; one built from ``config.storage`` when None.
+        work_dir: local directory for checkpoints and the model before upload (a temporary one inside it is
+            used and removed); the system temporary directory when None.
+        callbacks: extra Trainer callbacks, run after ftpipe's own.
+
+    Raises:
+        DataError: a split cannot be read, is empty, or its labels do not match ``labels``.
+        ModelError: the candidate is unknown or its model or tokenizer cannot be loaded.
+    """
+    import datasets
+    import torch
+    from transformers import (
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        Trainer,
+        set_seed,
+    )
+    from transformers.utils import logging as transformers_logging
+
+    # Progress bars become carriage-return noise in pod logs; ProgressLog reports progress instead.
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+    storage = storage or Storage(config.storage)
+    training = config.training
+    labels = list(labels)
+    chosen = find_candidate(config, candidate if isinstance(candidate, str) else candidate.name)
+
+    train = read_split(storage, train_uri, "train")
+    validation = read_split(storage, validation_uri, "validation")
+    check_split(train, labels, "train")
+    check_split(validation, labels, "validation")
+    if training.max_train_rows is not None:
+        train = stratified_sample(train, training.max_train_rows, training.seed)
+
+    resolved = models.resolve_source(chosen.source, storage)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=chosen.trust_remote_code)
+    ensure_pad_token(tokenizer)
+    set_seed(training.seed)  # before the model: the new head's initial weights come from this seed
+    model = _load_model(chosen, resolved, labels, training)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    num_parameters = models.count_parameters(model)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(available_cpus())
+
+    train_dataset = _tokenize(train, tokenizer, training.max_length)
+    validation_dataset = _tokenize(validation, tokenizer, training.max_length)
+    logger.info(
+        "fine-tuning %s (%s parameters) on %d train / %d validation rows, %d labels",
+        chosen.name,
+        f"{num_parameters:,}",
+        len(train_dataset),
+        len(validation_dataset),
+        len(labels),
+    )
+
+    mirror_uri = join(output_uri, "checkpoints")
+    with tempfile.TemporaryDirectory(prefix="ftpipe-finetune-", dir=work_dir) as scratch:
+        checkpoint_dir = Path(scratch) / "checkpoints"
+        checkpoint_dir.mkdir()
+        restored = _restore_checkpoints(storage, mirror_uri, checkpoint_dir)
+        start_epoch = restored.epoch if restored else 0.0
+        # When early stopping had already ended training, stop where it did (the Trainer would train on).
+        max_steps = restored.global_step if restored and restored.stop_decided else -1
+
+        trainer = Trainer(
+            model=model,
+            args=_training_arguments(training, checkpoint_dir, len(train_dataset), max_steps),
+            train_dataset=train_dataset,
+            eval_dataset=validation_dataset,
+            data_collator=DataCollatorWithPadding(tokenizer),  # pads each batch to its own longest text
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            callbacks=[
+                CheckpointMirror(storage, mirror_uri),
+                EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience),
+                ProgressLog(),
+                *callbacks,
+            ],
+        )
+        trainer.remove_callback(PrinterCallback)  # it would print every log dict again
+
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
+        train_seconds = time.perf_counter() - started
+        state = trainer.state
+
+        metric_name = training.metric_for_best_model
+        best_value = state.best_metric
+        if best_value is None:  # no evaluation ran (cannot happen with per-epoch evaluation; kept safe)
+            evaluations = [entry for entry in state.log_history if f"eval_{metric_name}" in entry]
+            best_value = evaluations[-1][f"eval_{metric_name}"] if evaluations else float("nan")
+        best_value = round(float(best_value), 6)
+        epochs_trained = float(state.epoch or 0.0)
+        examples = max(0.0, epochs_trained - start_epoch) * len(train_dataset)
+
+        model_dir = Path(scratch) / "model"
+        # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
+        trainer.model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        license_id = candidate_license(chosen, resolved)
+        (model_dir / "README.md").write_text(
+            _model_card(chosen, license_id, labels, metric_name, best_value), encoding="utf-8"
+        )
+        model_uri = join(output_uri, "model")
+        storage.upload_dir(model_dir, model_uri)
+
+        result_fields = dict(
+            model_uri=model_uri,
+            base_model_name=chosen.name,
+            base_model_source=chosen.source,
+            labels=labels,
+            num_parameters=num_parameters,
+            best_metric_name=metric_name,
+            best_metric_value=best_value,
+            epochs_trained=round(epochs_trained, 4),
+            global_steps=state.global_step,
+            train_seconds=round(train_seconds, 3),
+            train_examples_per_second=round(examples / train_seconds, 3) if train_seconds > 0 else 0.0,
+            stopped_early=state.global_step < state.max_steps or bool(restored and restored.stop_decided),
+            resumed_from_checkpoint=restored.uri if restored else None,
+        )
+        log_history = list(state.log_history)
+        best_step = state.best_global_step
+
+    uris = {
+        "log": join(output_uri, "train_log.json"),
+        "md": join(output_uri, "report.md"),
+        "html": join(output_uri, "report.html"),
+    }
+    storage.write_json(uris["log"], log_history)
+    storage.write_text(uris["md"], _markdown(result_fields, log_history), content_type="text/markdown")
+    storage.write_text(uris["html"], _html(result_fields, log_history, best_step), content_type="text/html")
+    _delete_prefix(storage, mirror_uri)  # everything is written: the preemption checkpoints are no longer needed
+    result = FinetuneResult(
+        **result_fields, log_uri=uris["log"], report_html_uri=uris["html"], report_markdown_uri=uris["md"]
+    )
+    logger.info("fine-tuned model at %s (best %s %.4f)", model_uri, metric_name, best_value)
+    return result
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+
+def _summary_rows(fields: dict[str, Any]) -> list[list[object]]:
+    return [
+        ["base model", f"{fields['base_model_name']} ({fields['base_model_source']})"],
+        ["labels", ", ".join(fields["labels"])],
+        ["parameters", f"{fields['num_parameters']:,}"],
+        [f"best validation {fields['best_metric_name']}", fields["best_metric_value"]],
+        ["epochs trained", fields["epochs_trained"]],
+        ["optimizer steps", fields["global_steps"]],
+        ["stopped early", "yes" if fields["stopped_early"] else "no"],
+        ["resumed from", fields["resumed_from_checkpoint"] or "-"],
+        ["train seconds (this run)", f"{fields['train_seconds']:.1f}"],
+        ["train examples/s", f"{fields['train_examples_per_second']:.1f}"],
+    ]
+
+
+def _evaluations(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in log_history if "eval_loss" in entry]
+
+
+def _evaluation_rows(log_history: list[dict[str, Any]]) -> list[list[object]]:
+    return [
+        [
+            f"{entry.get('epoch', 0.0):.2f}",
+            entry.get("step", ""),
+            entry["eval_loss"],
+            entry.get("eval_accuracy", float("nan")),
+            entry.get("eval_f1_macro", float("nan")),
+        ]
+        for entry in _evaluations(log_history)
+    ]
+
+
+_EVALUATION_COLUMNS = ("epoch", "step", "validation loss", "accuracy", "macro-F1")
+
+
+def _markdown(fields: dict[str, Any], log_history: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        [
+            "# Fine-tuning",
+            "",
+            reports.markdown_table(("", "value"), _summary_rows(fields)),
+            "",
+            "## Validation per epoch",
+            "",
+            reports.markdown_table(_EVALUATION_COLUMNS, _evaluation_rows(log_history)),
+            "",
+        ]
+    )
+
+
+def _loss_chart(log_history: list[dict[str, Any]]) -> str:
+    figure, axes = reports.new_figure()
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
+    evaluations = [(entry["step"], entry["eval_loss"]) for entry in _evaluations(log_history) if "step" in entry]
+    if train:
+        axes.plot(*zip(*train, strict=True), label="training loss", color="#246")
+    if evaluations:
+        axes.plot(*zip(*evaluations, strict=True), "o-", label="validation loss", color="#c60")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return reports.figure_to_data_uri(figure)
+
+
+def _metric_chart(log_history: list[dict[str, Any]], metric: str, best_step: int | None) -> str:
+    figure, axes = reports.new_figure()
+    evaluations = _evaluations(log_history)
+    epochs = [entry.get("epoch", 0.0) for entry in evaluations]
+    for key, label, color in (("eval_accuracy", "accuracy", "#246"), ("eval_f1_macro", "macro-F1", "#c60")):
+        axes.plot(epochs, [entry.get(key, float("nan")) for entry in evaluations], "o-", label=label, color=color)
+    chosen = [entry.get("epoch", 0.0) for entry in evaluations if best_step and entry.get("step") == best_step]
+    if chosen:
+        axes.axvline(chosen[0], color="#888", linestyle="--", label=f"saved (best {metric})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return reports.figure_to_data_uri(figure)
+
+
+def _html(fields: dict[str, Any], log_history: list[dict[str, Any]], best_step: int | None) -> str:
+    return reports.html_page(
+        f"Fine-tuning {fields['base_model_name']}",
+        [
+            ("Summary", reports.html_table(("", "value"), _summary_rows(fields))),
+            ("Loss", reports.html_image(_loss_chart(log_history), "training and validation loss per step")),
+            (
+                "Validation metrics",
+                reports.html_image(
+                    _metric_chart(log_history, fields["best_metric_name"], best_step),
+                    "validation metrics per epoch",
+                ),
+            ),
+            ("Validation per epoch", reports.html_table(_EVALUATION_COLUMNS, _evaluation_rows(log_history))),
+        ],
+    )

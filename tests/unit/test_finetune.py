@@ -1,0 +1,230 @@
+"""finetune on a tiny random BERT: saved model, logs and reports, early stopping, resume from mirrored checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from transformers import TrainerCallback
+
+from ftpipe.config import parse_config
+from ftpipe.errors import DataError, ModelError
+from ftpipe.steps import finetune
+from ftpipe.steps.select_model import CandidateScore
+
+LABELS = ["ham", "spam"]
+
+
+def write_split(path: Path, rows: int, seed: int) -> str:
+    rng = random.Random(seed)
+    records = []
+    for index in range(rows):
+        label_id = index % 2
+        word = rng.choice(["free", "prize", "win", "cash"]) if label_id else rng.choice(["lunch", "mum", "later", "ok"])
+        filler = " ".join(rng.choice(["see", "you", "the", "now", "call"]) for _ in range(rng.randint(1, 12)))
+        records.append({"text": f"{word} {filler}", "label": LABELS[label_id], "label_id": label_id})
+    pd.DataFrame(records).to_parquet(path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """Tiny models gain nothing from a second thread, and one keeps timings steady on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(finetune, "available_cpus", lambda: 1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def splits(tmp_path) -> SimpleNamespace:
+    return SimpleNamespace(
+        train=write_split(tmp_path / "train.parquet", 48, seed=1),
+        validation=write_split(tmp_path / "validation.parquet", 16, seed=2),
+        output=str(tmp_path / "out"),
+    )
+
+
+def make_config(source: str, **training):
+    settings = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0, **training}
+    return parse_config(
+        {
+            "data": {"uri": "unused.csv"},
+            "registry": {"model_name": "test"},
+            "candidates": [{"name": "tiny", "source": source}],
+            "training": settings,
+        }
+    )
+
+
+def test_trains_and_saves_a_model_that_reloads_and_predicts(tiny_bert_dir, splits):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = make_config(tiny_bert_dir, dropout=0.25, label_smoothing=0.1)
+    selected = CandidateScore(  # as select_model hands it over
+        name="tiny",
+        source=tiny_bert_dir,
+        license="apache-2.0",
+        num_parameters=1,
+        probe_f1_macro=0.5,
+        probe_accuracy=0.5,
+        score=0.4,
+        probe_seconds=0.1,
+    )
+    result = finetune.run(config, splits.train, splits.validation, LABELS, selected, splits.output)
+
+    assert result.base_model_name == "tiny" and result.base_model_source == tiny_bert_dir
+    assert result.labels == LABELS
+    assert result.global_steps == 12 and result.epochs_trained == 2.0  # 48 rows / batch 8 = 6 steps per epoch
+    assert not result.stopped_early and result.resumed_from_checkpoint is None
+    assert result.best_metric_name == "f1_macro" and 0.0 <= result.best_metric_value <= 1.0
+    assert result.num_parameters > 0 and result.train_seconds > 0 and result.train_examples_per_second > 0
+
+    model_dir = Path(result.model_uri)
+    assert (model_dir / "model.safetensors").is_file()
+    assert not list(model_dir.glob("*.bin"))
+    assert "license: apache-2.0" in (model_dir / "README.md").read_text()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.id2label == {0: "ham", 1: "spam"}
+    assert model.config.label2id == {"ham": 0, "spam": 1}
+    assert model.config.hidden_dropout_prob == 0.25 and model.config.attention_probs_dropout_prob == 0.25
+    with torch.inference_mode():
+        logits = model(**tokenizer(["win a free prize", "see you at lunch"], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, 2)
+    assert {model.config.id2label[int(i)] for i in logits.argmax(-1)} <= set(LABELS)
+
+    log = json.loads(Path(result.log_uri).read_text())
+    assert any("loss" in entry for entry in log)
+    evaluations = [entry for entry in log if "eval_f1_macro" in entry]
+    assert [entry["epoch"] for entry in evaluations] == [1.0, 2.0]
+    assert all("eval_accuracy" in entry for entry in evaluations)
+    html = Path(result.report_html_uri).read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert "best validation f1_macro" in Path(result.report_markdown_uri).read_text()
+    assert not (Path(splits.output) / "checkpoints").exists()  # the mirror is removed after success
+    assert finetune.FinetuneResult.from_json(result.to_json()) == result
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(tiny_bert_dir, splits):
+    # A vanishing learning rate leaves the predictions, hence macro-F1, identical after every epoch.
+    config = make_config(tiny_bert_dir, epochs=6, learning_rate=1e-12, early_stopping_patience=1)
+    result = finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output)
+
+    assert result.stopped_early
+    assert result.epochs_trained == 2.0 and result.global_steps == 12
+    evaluations = [entry for entry in json.loads(Path(result.log_uri).read_text()) if "eval_loss" in entry]
+    assert len(evaluations) == 2
+
+
+class Preempted(Exception):
+    """Stands in for the pod being killed."""
+
+
+class PreemptAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise Preempted(f"preempted after saving step {state.global_step}")
+
+
+class FirstStep(TrainerCallback):
+    def __init__(self) -> None:
+        self.first_step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step = state.global_step
+
+
+def test_resumes_from_mirrored_checkpoints_after_preemption(tiny_bert_dir, splits, tmp_path):
+    config = make_config(tiny_bert_dir, epochs=2)
+    with pytest.raises(Preempted):
+        finetune.run(
+            config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[PreemptAfterSave(6)]
+        )
+    mirror = Path(splits.output) / "checkpoints"
+    assert (mirror / "checkpoint-6" / finetune.MIRROR_MARKER).is_file()
+    assert (mirror / "checkpoint-6" / "optimizer.pt").is_file()
+    # A later checkpoint whose upload was cut off (no completion marker) must be ignored.
+    (mirror / "checkpoint-12").mkdir()
+    (mirror / "checkpoint-12" / "config.json").write_text("{}")
+
+    first = FirstStep()
+    result = finetune.run(
+        config, splits.train, splits.validation, LABELS, "tiny", splits.output, work_dir=tmp_path, callbacks=[first]
+    )
+
+    assert result.resumed_from_checkpoint == str(mirror / "checkpoint-6")
+    assert first.first_step == 7  # went on after the mirrored step, did not start over
+    assert result.global_steps == 12 and result.epochs_trained == 2.0
+    log = json.loads(Path(result.log_uri).read_text())
+    assert [entry["epoch"] for entry in log if "eval_loss" in entry] == [1.0, 2.0]  # history kept across pods
+    assert not list(tmp_path.glob("ftpipe-finetune-*"))  # the local work dir is removed
+    assert not mirror.exists()
+
+
+def test_resume_after_early_stopping_had_decided_does_not_train_on(tiny_bert_dir, splits):
+    config = make_config(tiny_bert_dir, epochs=6, learning_rate=1e-12, early_stopping_patience=1)
+    with pytest.raises(Preempted):  # early stopping decides at epoch 2; the pod dies right after the save
+        finetune.run(
+            config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[PreemptAfterSave(12)]
+        )
+    first = FirstStep()
+    result = finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[first])
+
+    assert result.resumed_from_checkpoint is not None and first.first_step is None  # not a single step more
+    assert result.stopped_early and result.global_steps == 12 and result.epochs_trained == 2.0
+    assert (Path(result.model_uri) / "model.safetensors").is_file()
+
+
+def test_no_train_rows_is_a_data_error(tiny_bert_dir, tmp_path, splits):
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str), "label_id": []}).to_parquet(
+        empty
+    )
+    with pytest.raises(DataError, match="train split has no rows"):
+        finetune.run(make_config(tiny_bert_dir), str(empty), splits.validation, LABELS, "tiny", splits.output)
+
+
+def test_label_count_mismatch_is_a_data_error(tiny_bert_dir, tmp_path, splits):
+    three = tmp_path / "three.parquet"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["ham", "spam", "other"], "label_id": [0, 1, 2]}).to_parquet(three)
+    with pytest.raises(DataError, match="label count mismatch"):
+        finetune.run(make_config(tiny_bert_dir), str(three), splits.validation, LABELS, "tiny", splits.output)
+
+
+def test_a_model_that_cannot_load_is_a_model_error(tmp_path, splits, minilm_path):
+    from transformers import AutoTokenizer
+
+    broken = tmp_path / "broken"
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(broken)  # a tokenizer but no weights, no config
+    with pytest.raises(ModelError, match="cannot load model"):
+        finetune.run(make_config(str(broken)), splits.train, splits.validation, LABELS, "tiny", splits.output)
+    with pytest.raises(ModelError, match="no candidate named 'other'"):
+        finetune.run(make_config(str(broken)), splits.train, splits.validation, LABELS, "other", splits.output)
+
+
+def test_precision_is_mixed_only_on_cuda():
+    assert finetune.precision_flags(cuda_available=False, bf16_supported=True) == {"bf16": False, "fp16": False}
+    assert finetune.precision_flags(cuda_available=True, bf16_supported=True) == {"bf16": True, "fp16": False}
+    assert finetune.precision_flags(cuda_available=True, bf16_supported=False) == {"bf16": False, "fp16": True}
+
+
+def test_dropout_override_covers_the_model_family():
+    from transformers import BertConfig, DistilBertConfig
+
+    assert finetune.dropout_overrides(BertConfig(), None) == {}
+    bert = finetune.dropout_overrides(BertConfig(), 0.3)
+    assert bert == {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.3}  # classifier_dropout is None
+    distil = finetune.dropout_overrides(DistilBertConfig(), 0.3)
+    assert {"dropout", "attention_dropout", "seq_classif_dropout"} <= set(distil)
