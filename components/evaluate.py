@@ -1,7 +1,5 @@
 """KFP component: test metrics and the gate against the current production model."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -19,9 +17,11 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     report_markdown: Output[Markdown],
-) -> NamedTuple("EvaluateOutputs", [("gate_passed", bool), ("gate_reasons", str)]):
-    from collections import namedtuple
+) -> bool:
+    """Returns whether the gate passed; the reasons are in the evaluation artifact and the report.
 
+    A single output on purpose: KFP's local runner cannot resolve a NamedTuple field in a dsl.If.
+    """
     from ftpipe import task
     from ftpipe.steps import evaluate as step
     from ftpipe.steps.clean_data import CleanDataResult
@@ -35,7 +35,7 @@ def evaluate(
         run_id,
         lambda config, out: step.run(config, data.test_uri, data.labels, trained.model_uri, out),
     )
-    task.write_result(evaluation, result, gate_passed=result.gate_passed)
+    task.write_result(evaluation, result, gate_passed=result.gate_passed, gate_reasons="\n".join(result.reasons))
     metrics.log_metric("accuracy", result.metrics["accuracy"])
     metrics.log_metric("f1_macro", result.metrics["f1_macro"])
     if result.production is not None:
@@ -43,5 +43,4 @@ def evaluate(
     confusion.log_confusion_matrix(result.labels, result.confusion_matrix)
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
-    outputs = namedtuple("EvaluateOutputs", ["gate_passed", "gate_reasons"])
-    return outputs(result.gate_passed, "\n".join(result.reasons))
+    return result.gate_passed

@@ -25,13 +25,11 @@ def register_model(
     from ftpipe.steps.finetune import FinetuneResult
     from ftpipe.steps.select_model import SelectModelResult
 
+    trained = task.read_result(model, FinetuneResult)
     lineage = step.lineage_of(
-        task.read_result(cleaned, CleanDataResult),
-        task.read_result(selection, SelectModelResult),
-        task.read_result(model, FinetuneResult),
+        task.read_result(cleaned, CleanDataResult), task.read_result(selection, SelectModelResult), trained
     )
     evaluated = task.read_result(evaluation, EvaluateResult)
-    trained = task.read_result(model, FinetuneResult)
     result = task.run_step(
         "register_model",
         config_json,

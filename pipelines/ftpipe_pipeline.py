@@ -107,7 +107,7 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
             cluster.step_retries,
             "evaluate",
         )
-        with dsl.If(evaluating.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
+        with dsl.If(evaluating.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
             configure(
                 register_model_op(
                     config_json=config_json,

@@ -32,7 +32,7 @@ def test_compiled_pipeline_loads_back_with_the_five_steps_and_the_gate(tmp_path)
     tasks = _all_tasks(spec)
     assert STEPS <= set(tasks)
     gate = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert "gate_passed" in gate["triggerPolicy"]["condition"]
+    assert "evaluate-Output" in gate["triggerPolicy"]["condition"]
     assert "register-model" in spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(tasks["evaluate"]["dependentTasks"]) == {"clean-data", "finetune"}
     assert all(task["cachingOptions"] == {} or not task["cachingOptions"].get("enableCache") for task in tasks.values()
