@@ -9,16 +9,20 @@ from components import DEFAULT_IMAGE
 @dsl.component(base_image=DEFAULT_IMAGE)
 def clean_data(
     config_json: str,
-    run_id: str,
+    data_key: str,
     cleaned: Output[Dataset],
     report: Output[HTML],
     report_markdown: Output[Markdown],
 ) -> str:
-    """Returns the content fingerprint of the cleaned splits."""
+    """Returns the content fingerprint of the cleaned splits.
+
+    Takes the data key from fingerprint_data instead of the run id, so that the task can be cached:
+    same inputs and recipe, same key, same outputs (written under that key, not under one run).
+    """
     from ftpipe import task
     from ftpipe.steps import clean_data as step
 
-    result = task.run_step("clean_data", config_json, run_id, lambda config, out: step.run(config, out))
+    result = task.run_step("clean_data", config_json, f"data-{data_key}", lambda config, out: step.run(config, out))
     task.write_result(
         cleaned,
         result,

@@ -1,4 +1,13 @@
-"""The ftpipe DAG: clean_data -> select_model -> finetune -> evaluate -[gate]-> register_model.
+"""The ftpipe DAG.
+
+    fingerprint_data -> clean_data -> compare_data -[data changed]-> select_model -> finetune
+        -> evaluate -[gate passed]-> register_model
+
+clean_data is cached on the key fingerprint_data computes (input ETags and the cleaning recipe), so a
+scheduled run on unchanged data reuses the cleaned splits; every other task talks to state the cache
+cannot see (the registry's production alias, a GPU run) and is never served from cache. When the
+cleaned data is what the production model was trained on, compare_data stops the run before the GPU
+is asked for, unless the run sets ``force_retrain``.
 
 The DAG is built from a config so that the Kubernetes settings a platform engineer chooses (image
 tag, GPU request, node selector, tolerations, the Secret holding the S3 credentials, retries) are
@@ -12,8 +21,10 @@ from kfp import dsl, kubernetes
 
 from components import DEFAULT_IMAGE, with_image
 from components.clean_data import clean_data
+from components.compare_data import compare_data
 from components.evaluate import evaluate
 from components.finetune import finetune
+from components.fingerprint_data import fingerprint_data
 from components.register_model import register_model
 from components.select_model import select_model
 from ftpipe.config import ClusterConfig, PipelineConfig
@@ -52,12 +63,18 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
     """The pipeline for ``config``, its tasks running in ``image`` (default ``ftpipe:<version>``)."""
     cluster = config.cluster
     image = image or cluster.image or DEFAULT_IMAGE
-    clean_data_op, select_model_op, finetune_op, evaluate_op, register_model_op = (
-        with_image(component, image)
-        for component in (clean_data, select_model, finetune, evaluate, register_model)
-    )
+    steps = (fingerprint_data, clean_data, compare_data, select_model, finetune, evaluate, register_model)
+    (
+        fingerprint_data_op,
+        clean_data_op,
+        compare_data_op,
+        select_model_op,
+        finetune_op,
+        evaluate_op,
+        register_model_op,
+    ) = (with_image(component, image) for component in steps)
 
-    def configure(task: dsl.PipelineTask, retries: int, name: str) -> dsl.PipelineTask:
+    def configure(task: dsl.PipelineTask, retries: int, name: str, cache: bool = False) -> dsl.PipelineTask:
         _with_s3_credentials(task, cluster)
         if config.storage.endpoint_url:
             task.set_env_variable("AWS_ENDPOINT_URL", config.storage.endpoint_url)
@@ -66,9 +83,7 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
             retries, backoff_duration=RETRY_BACKOFF, backoff_factor=RETRY_BACKOFF_FACTOR,
             backoff_max_duration=RETRY_BACKOFF_MAX,
         )
-        # Every task's output depends on S3 state the cache cannot see (new data under the same URI,
-        # the registry's production alias), so none is served from cache.
-        task.set_caching_options(False)
+        task.set_caching_options(cache)
         return task.set_display_name(name)
 
     @dsl.pipeline(
@@ -76,49 +91,57 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
         description="Clean labelled text, select a pre-trained transformer, fine-tune, evaluate against "
         "production and register it when it is no worse.",
     )
-    def ftpipe_pipeline(config_json: str = config.to_json()):
+    def ftpipe_pipeline(config_json: str = config.to_json(), force_retrain: bool = False):
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        fingerprinting = configure(
+            fingerprint_data_op(config_json=config_json, run_id=run_id), cluster.step_retries, "fingerprint_data"
+        )
         cleaning = configure(
-            clean_data_op(config_json=config_json, run_id=run_id), cluster.step_retries, "clean_data"
-        )
-        selecting = configure(
-            select_model_op(config_json=config_json, run_id=run_id, cleaned=cleaning.outputs["cleaned"]),
+            clean_data_op(config_json=config_json, data_key=fingerprinting.output),
             cluster.step_retries,
-            "select_model",
+            "clean_data",
+            cache=True,
         )
-        training = configure(
-            finetune_op(
-                config_json=config_json,
-                run_id=run_id,
-                cleaned=cleaning.outputs["cleaned"],
-                selection=selecting.outputs["selection"],
-            ),
-            cluster.finetune_retries,
-            "finetune",
-        )
-        _on_gpu_node(training, cluster)
-        evaluating = configure(
-            evaluate_op(
-                config_json=config_json,
-                run_id=run_id,
-                cleaned=cleaning.outputs["cleaned"],
-                model=training.outputs["model"],
-            ),
+        cleaned = cleaning.outputs["cleaned"]
+        comparing = configure(
+            compare_data_op(config_json=config_json, run_id=run_id, cleaned=cleaned, force=force_retrain),
             cluster.step_retries,
-            "evaluate",
+            "compare_data",
         )
-        with dsl.If(evaluating.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
-            configure(
-                register_model_op(
+        with dsl.If(comparing.outputs["Output"] == True, name="data-changed"):  # noqa: E712 - a KFP condition
+            selecting = configure(
+                select_model_op(config_json=config_json, run_id=run_id, cleaned=cleaned),
+                cluster.step_retries,
+                "select_model",
+            )
+            training = configure(
+                finetune_op(
                     config_json=config_json,
                     run_id=run_id,
-                    cleaned=cleaning.outputs["cleaned"],
+                    cleaned=cleaned,
                     selection=selecting.outputs["selection"],
-                    model=training.outputs["model"],
-                    evaluation=evaluating.outputs["evaluation"],
                 ),
-                cluster.step_retries,
-                "register_model",
+                cluster.finetune_retries,
+                "finetune",
             )
+            _on_gpu_node(training, cluster)
+            evaluating = configure(
+                evaluate_op(config_json=config_json, run_id=run_id, cleaned=cleaned, model=training.outputs["model"]),
+                cluster.step_retries,
+                "evaluate",
+            )
+            with dsl.If(evaluating.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+                configure(
+                    register_model_op(
+                        config_json=config_json,
+                        run_id=run_id,
+                        cleaned=cleaned,
+                        selection=selecting.outputs["selection"],
+                        model=training.outputs["model"],
+                        evaluation=evaluating.outputs["evaluation"],
+                    ),
+                    cluster.step_retries,
+                    "register_model",
+                )
 
     return ftpipe_pipeline

@@ -40,7 +40,8 @@ class PipelineFailed(FtpipeError):
 @dataclass(frozen=True)
 class LocalRunResult:
     run_dir: Path
-    evaluation: EvaluateResult
+    data_check: str  # compare_data's decision, as shown in the KFP UI
+    evaluation: EvaluateResult | None  # None when the data had not changed and training was skipped
     registered: RegisterModelResult | None
     seconds: float
 
@@ -65,7 +66,7 @@ def _local_environment(config: PipelineConfig) -> None:
         os.environ.update(embedded.env())
 
 
-def run_local(config: PipelineConfig, work_dir: Path | None = None) -> LocalRunResult:
+def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrain: bool = False) -> LocalRunResult:
     """Run the whole DAG with ``kfp.local.SubprocessRunner(use_venv=False)`` and collect its results."""
     from kfp import local
 
@@ -81,28 +82,29 @@ def run_local(config: PipelineConfig, work_dir: Path | None = None) -> LocalRunR
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir))
     started = time.monotonic()
     try:
-        build_pipeline(config)(config_json=config.to_json())
+        build_pipeline(config)(config_json=config.to_json(), force_retrain=force_retrain)
     except RuntimeError as error:
         message = error_file.read_text().strip() if error_file.exists() else ""
         raise PipelineFailed(message.splitlines()[-1] if message else f"pipeline failed: {error}") from None
     finally:
         os.environ.pop(ERROR_FILE_ENV, None)
     seconds = time.monotonic() - started
+    decision = _output_file(run_dir, "compare-data/decision")
     return LocalRunResult(
         run_dir=run_dir,
-        evaluation=EvaluateResult.from_json(_only(run_dir, "evaluate/evaluation").read_text()),
+        data_check=decision.read_text().splitlines()[-1] if decision else "",
+        evaluation=_optional_result(run_dir, "evaluate/evaluation", EvaluateResult),
         registered=_optional_result(run_dir, "register-model/registered", RegisterModelResult),
         seconds=seconds,
     )
 
 
-def _only(run_dir: Path, suffix: str) -> Path:
+def _output_file(run_dir: Path, suffix: str) -> Path | None:
+    """A task's output file in the local runner's layout (<root>/<run>/<task>/<output>), if it ran."""
     found = sorted(run_dir.glob(f"*/{suffix}"))
-    if len(found) != 1:
-        raise PipelineFailed(f"expected one {suffix} in {run_dir}, found {len(found)}")
-    return found[0]
+    return found[0] if found else None
 
 
 def _optional_result(run_dir: Path, suffix: str, result_type):
-    found = sorted(run_dir.glob(f"*/{suffix}"))
-    return result_type.from_json(found[0].read_text()) if found else None
+    path = _output_file(run_dir, suffix)
+    return result_type.from_json(path.read_text()) if path else None

@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_local
 
     config = load_config(args.config)
-    result = run_local(config)
+    result = run_local(config, force_retrain=args.force_retrain)
     _print_run_summary(config, result)
     return 0
 
@@ -143,13 +143,17 @@ def _schedule(args: argparse.Namespace) -> int:
 def _print_run_summary(config: PipelineConfig, result) -> None:
     from rich.table import Table
 
+    console = _console()
+    console.print(f"data check: {result.data_check}")
     evaluation = result.evaluation
+    if evaluation is None:
+        console.print(f"pipeline finished in {result.seconds:.0f} s; local run files in {result.run_dir}")
+        return
     table = Table(title=f"Test metrics ({len(evaluation.labels)} classes)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in ("accuracy", "f1_macro"):
         table.add_row(name, f"{evaluation.metrics[name]:.4f}")
-    console = _console()
     console.print(table)
     for reason in evaluation.reasons:
         console.print(f"  gate: {reason}")
@@ -274,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the whole pipeline")
     run.add_argument("--local", action="store_true", help="with KFP's local runner (the only mode here)")
     run.add_argument("--config", required=True, help="pipeline config YAML")
+    run.add_argument(
+        "--force-retrain", action="store_true", help="fine-tune even when the data is what production saw"
+    )
     run.set_defaults(handler=_run)
 
     compile_ = commands.add_parser("compile", help="write the compiled pipeline YAML for a KFP cluster")

@@ -46,11 +46,16 @@ def run_step(
         raise SystemExit(error.exit_code) from None
 
 
+def write_text(artifact: Any, text: str, **metadata: Any) -> None:
+    """Fill a KFP artifact with text, and record metadata the KFP UI lists beside it."""
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(text, encoding="utf-8")
+    artifact.metadata.update({key: value for key, value in metadata.items() if value is not None})
+
+
 def write_result(artifact: Any, result: StepResult, **metadata: Any) -> None:
     """Store a step result in its KFP artifact (the next task reads it back)."""
-    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(artifact.path).write_text(result.to_json(), encoding="utf-8")
-    artifact.metadata.update({key: value for key, value in metadata.items() if value is not None})
+    write_text(artifact, result.to_json(), **metadata)
 
 
 def read_result(artifact: Any, result_type: type[ResultT]) -> ResultT:

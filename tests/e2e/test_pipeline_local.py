@@ -64,6 +64,22 @@ def test_whole_pipeline_registers_a_better_than_baseline_model(pipeline_config, 
         assert any(f"/{step}/report.html" in uri for uri in runs), step
     assert any(uri.endswith("clean_data/quarantine.parquet") for uri in runs)
     assert main(["registry", "list", "sms-spam-e2e", "--config", str(pipeline_config)]) == 0
+    capsys.readouterr()
+
+    # A scheduled retrain on the same data once v1 is in production: no GPU time, nothing registered,
+    # and clean_data served from cache (the data key has not changed).
+    assert (
+        main(["registry", "promote", "sms-spam-e2e", "1", "--alias", "production", "--config", str(pipeline_config)])
+        == 0
+    )
+    cleaned_before = [uri for uri in s3_storage.list(config.storage.artifact_root) if "/clean_data/" in uri]
+    assert main(["run", "--local", "--config", str(pipeline_config)]) == 0
+    printed = capsys.readouterr().out
+    assert "data unchanged since production version 1" in printed and "skipping fine-tuning" in printed
+    assert [v.version for v in registry.list_versions("sms-spam-e2e")] == [1]
+    runs_after = s3_storage.list(config.storage.artifact_root)
+    assert [uri for uri in runs_after if "/clean_data/" in uri] == cleaned_before
+    assert len({uri.split("/runs/")[1].split("/")[0] for uri in runs_after if "/finetune/" in uri}) == 1
 
 
 def test_bad_column_stops_the_run_with_one_line_and_registers_nothing(pipeline_config, s3_storage, capsys):

@@ -8,7 +8,7 @@ from kfp import components as kfp_components
 from ftpipe.cli import main
 
 EXAMPLE = Path(__file__).parents[2] / "pipelines" / "examples" / "sms-spam.yaml"
-STEPS = {"clean-data", "select-model", "finetune", "evaluate", "register-model"}
+STEPS = {"fingerprint-data", "clean-data", "compare-data", "select-model", "finetune", "evaluate", "register-model"}
 
 
 def _compile(tmp_path, *extra):
@@ -24,19 +24,30 @@ def _all_tasks(spec: dict) -> dict:
     return tasks
 
 
-def test_compiled_pipeline_loads_back_with_the_five_steps_and_the_gate(tmp_path):
+def test_compiled_pipeline_loads_back_with_every_step_and_both_conditions(tmp_path):
     output = _compile(tmp_path)
     loaded = kfp_components.load_component_from_file(str(output))
     assert loaded.name == "ftpipe-sms-spam"
     spec = yaml.safe_load(output.read_text().split("\n---\n")[0])
     tasks = _all_tasks(spec)
     assert STEPS <= set(tasks)
-    gate = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert "evaluate-Output" in gate["triggerPolicy"]["condition"]
-    assert "register-model" in spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(tasks["evaluate"]["dependentTasks"]) == {"clean-data", "finetune"}
-    assert all(task["cachingOptions"] == {} or not task["cachingOptions"].get("enableCache") for task in tasks.values()
-               if "cachingOptions" in task)
+    data_changed = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert "compare-data-Output" in data_changed["triggerPolicy"]["condition"]
+    training = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert {"select-model", "finetune", "evaluate", "condition-2"} <= set(training)
+    assert "evaluate-Output" in training["condition-2"]["triggerPolicy"]["condition"]
+    assert "register-model" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert set(tasks["evaluate"]["dependentTasks"]) == {"finetune"}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "force_retrain"}
+
+
+def test_only_clean_data_is_cached_and_on_the_data_key(tmp_path):
+    tasks = _all_tasks(yaml.safe_load(_compile(tmp_path).read_text().split("\n---\n")[0]))
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"clean-data"}
+    clean_inputs = tasks["clean-data"]["inputs"]["parameters"]
+    assert clean_inputs["data_key"]["taskOutputParameter"]["producerTask"] == "fingerprint-data"
+    assert "run_id" not in clean_inputs  # a per-run input would make the cache never hit
 
 
 def test_gpu_node_settings_go_to_finetune_only(tmp_path):
@@ -62,7 +73,7 @@ def test_every_task_reads_s3_credentials_from_the_named_secret_and_no_value_leak
     assert secret_value not in text and "AKIA-must-not-leak" not in text
     documents = list(yaml.safe_load_all(text))
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-clean-data", "exec-select-model", "exec-finetune", "exec-evaluate", "exec-register-model"):
+    for name in {f"exec-{step}" for step in STEPS}:
         secret = platform[name]["secretAsEnv"][0]
         assert secret["secretName"] == "ftpipe-s3-credentials"
         assert {m["envVar"] for m in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}

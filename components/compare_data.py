@@ -1,0 +1,23 @@
+"""KFP component: has the cleaned data changed since the production model was trained?"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def compare_data(
+    config_json: str, run_id: str, cleaned: Input[Dataset], force: bool, decision: Output[Markdown]
+) -> bool:
+    """Returns True when fine-tuning should run; the decision says why, for the KFP UI."""
+    from ftpipe import task
+    from ftpipe.steps import compare_data as step
+    from ftpipe.steps.clean_data import CleanDataResult
+
+    data = task.read_result(cleaned, CleanDataResult)
+    result = task.run_step(
+        "compare_data", config_json, run_id, lambda config, out: step.run(config, data.fingerprint, force)
+    )
+    task.write_text(decision, f"# Data check\n\n{result.message}\n", changed=result.changed)
+    return result.changed

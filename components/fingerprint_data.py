@@ -1,0 +1,14 @@
+"""KFP component: the key clean_data is cached on (input ETags and the cleaning recipe)."""
+
+from kfp import dsl
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE)
+def fingerprint_data(config_json: str, run_id: str) -> str:
+    """Returns the key; never cached itself, since it is what detects new data under the same URI."""
+    from ftpipe import task
+    from ftpipe.steps import fingerprint_data as step
+
+    return task.run_step("fingerprint_data", config_json, run_id, lambda config, out: step.run(config)).key
