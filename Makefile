@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-unit lint compile s3-up s3-down clean
+.PHONY: install demo test test-unit lint compile s3-up s3-down clean image test-container kind-up minikube-up k8s-render scan
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,10 @@ demo: install
 	$(PY) scripts/prepare_demo.py
 	$(FTPIPE) run --local --config pipelines/examples/sms-spam.yaml
 
+# Every tier but the container one (its own target below: it starts a Docker engine and builds the image).
 test: install
 	$(VENV)/bin/ruff check src components pipelines tests scripts
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not container"
 
 test-unit: install
 	$(PY) -m pytest -m unit
@@ -46,3 +47,40 @@ s3-down: install
 
 clean:
 	rm -rf out .cache .pytest_cache .ruff_cache
+
+# -- images, containers, clusters (docker/, k8s/) ---------------------------------------------------------
+DOCKERD := bash docker/dockerd.sh
+SCAN_VENV := .cache/scan-venv
+CHECKOV_VERSION ?= 3.3.30
+
+# The CPU component image ftpipe:<version>; starts a private Docker engine if none answers (and leaves it
+# running: `bash docker/dockerd.sh stop` ends it).
+image: install
+	eval "$$($(DOCKERD) start)" && bash docker/build.sh
+
+# The container tier: builds (or reuses) the image, runs clean_data inside it against a real S3 server.
+# Where no engine can be started the tests skip, saying why; the engine started here is stopped after.
+test-container: install
+	eval "$$($(DOCKERD) start || true)"; rc=0; $(PY) -m pytest -m container || rc=$$?; $(DOCKERD) stop; exit $$rc
+
+# kind / minikube with KFP standalone, the in-cluster S3 server and a demo run (needs internet access).
+kind-up: install
+	bash k8s/kind-up.sh
+
+minikube-up: install
+	bash k8s/minikube-up.sh
+
+# Every overlay rendered to out/k8s/<overlay>.yaml (template credentials where none are filled in).
+k8s-render: install
+	bash k8s/render.sh out/k8s
+
+# Security scan (checkov, in its own venv so its pins never touch .venv): the rendered overlays and the
+# Dockerfiles. Accepted findings are skipped beside their resource with the reason; .checkov.yaml lists them.
+$(SCAN_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+scan: k8s-render $(SCAN_VENV)/.installed-stamp
+	$(SCAN_VENV)/bin/checkov --config-file .checkov.yaml
