@@ -351,6 +351,7 @@ def submit_run(
     experiment: str | None = None,
     run_name: str | None = None,
     image: str | None = None,
+    service_account: str | None = None,
 ) -> SubmittedRun:
     """Compile the DAG for ``config`` and start one run of it in ``experiment`` (created if needed)."""
     experiment = experiment or default_experiment(config)
@@ -364,6 +365,7 @@ def submit_run(
                 job_name=run_name,
                 pipeline_package_path=package,
                 params={CONFIG_PARAMETER: config.to_json()},
+                service_account=service_account,
             )
     return SubmittedRun(
         run_id=run.run_id,
@@ -382,6 +384,7 @@ def schedule_run(
     name: str | None = None,
     experiment: str | None = None,
     image: str | None = None,
+    service_account: str | None = None,
 ) -> ScheduledRun:
     """Create, or replace, the recurring run ``name`` in ``experiment``: one run at a time, no catch-up."""
     six_fields = kfp_cron(cron)
@@ -406,6 +409,7 @@ def schedule_run(
                     params={CONFIG_PARAMETER: config.to_json()},
                     pipeline_package_path=package,
                     enabled=True,
+                    service_account=service_account,
                 )
         except KfpError:
             for old in existing:

@@ -113,7 +113,14 @@ def _submit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     connection = Connection.resolve(args.host, args.token, args.namespace)
-    run = submit_run(config, connection, experiment=args.experiment, run_name=args.run_name, image=args.image)
+    run = submit_run(
+        config,
+        connection,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        image=args.image,
+        service_account=args.service_account,
+    )
     print(f"submitted run '{run.run_name}' to experiment '{run.experiment_name}' on {connection.host}")
     print(run.url)
     return 0
@@ -126,7 +133,13 @@ def _schedule(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     connection = Connection.resolve(args.host, args.token, args.namespace)
     scheduled = schedule_run(
-        config, connection, args.cron, name=args.name, experiment=args.experiment, image=args.image
+        config,
+        connection,
+        args.cron,
+        name=args.name,
+        experiment=args.experiment,
+        image=args.image,
+        service_account=args.service_account,
     )
     if scheduled.replaced:
         done = f"replaced recurring run '{scheduled.name}' (deleted {', '.join(scheduled.replaced)})"
@@ -298,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--image", default=None, help="component image (default: ftpipe:<version>)")
         sub.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user KFP)")
+        sub.add_argument(
+            "--service-account",
+            default=None,
+            help="Kubernetes ServiceAccount the run's pods use (k8s/ ships the least-privilege "
+            "ftpipe-pipeline-runner; default: KFP's own)",
+        )
         sub.add_argument(
             "--token", default=None, help="bearer token (default: the file named by $KF_PIPELINES_SA_TOKEN_PATH)"
         )

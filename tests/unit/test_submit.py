@@ -77,7 +77,7 @@ def _one_line_error(capsys) -> str:
 
 
 def test_submit_creates_the_experiment_sends_the_compiled_pipeline_and_prints_the_run_url(kfp_server, capsys):
-    assert _submit(kfp_server.url, "--experiment", "nightly", "--run-name", "try-1") == 0
+    assert _submit(kfp_server.url, "--experiment", "nightly", "--run-name", "try-1", "--service-account", "sa-1") == 0
     assert kfp_server.calls() == [
         f"GET {API}/healthz", f"GET {API}/experiments", f"POST {API}/experiments", f"POST {API}/runs",
     ]
@@ -88,6 +88,7 @@ def test_submit_creates_the_experiment_sends_the_compiled_pipeline_and_prints_th
     run = kfp_server.requests_to("POST", f"{API}/runs")[0]
     assert run.body["experiment_id"] == experiment_id
     assert run.body["display_name"] == "try-1"
+    assert run.body["service_account"] == "sa-1"
     _assert_is_the_compiled_pipeline(run.body)
     assert all(r.header("Authorization") is None for r in kfp_server.requests)
     (run_id,) = kfp_server.runs
@@ -188,7 +189,7 @@ def test_an_unreadable_token_file_is_one_line(monkeypatch, kfp_server, tmp_path,
 
 
 def test_schedule_creates_a_recurring_run_that_never_overlaps(kfp_server, capsys):
-    assert _schedule(kfp_server.url, "0 3 * * 1", "--experiment", "weekly") == 0
+    assert _schedule(kfp_server.url, "0 3 * * 1", "--experiment", "weekly", "--service-account", "sa-2") == 0
     (experiment_id,) = kfp_server.experiments
     listing = kfp_server.requests_to("GET", f"{API}/recurringruns")[0]
     assert listing.query["experiment_id"] == experiment_id
@@ -196,6 +197,7 @@ def test_schedule_creates_a_recurring_run_that_never_overlaps(kfp_server, capsys
     body = kfp_server.requests_to("POST", f"{API}/recurringruns")[0].body
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"  # KFP's six fields, seconds first
     assert int(body["max_concurrency"]) == 1
+    assert body["service_account"] == "sa-2"
     assert body["no_catchup"] is True and body["mode"] == "ENABLE"
     assert body["experiment_id"] == experiment_id and body["display_name"] == "ftpipe-sms-spam"
     _assert_is_the_compiled_pipeline(body)
