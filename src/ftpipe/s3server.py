@@ -117,18 +117,23 @@ def weed_binary() -> str:
     return found
 
 
-def _wait_ready(state: ServerState, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def _client(state: ServerState, **config):
+    """A boto3 client with the server's own keys (the server is set up before Storage can find it)."""
     import boto3
     from botocore.config import Config
 
-    client = boto3.client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=state.endpoint_url,
         aws_access_key_id=state.access_key_id,
         aws_secret_access_key=state.secret_access_key,
         region_name=state.region,
-        config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}),
+        config=Config(**config),
     )
+
+
+def _wait_ready(state: ServerState, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    client = _client(state, connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -212,15 +217,7 @@ def start(
 
 
 def _create_buckets(state: ServerState, buckets: tuple[str, ...]) -> None:
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=state.endpoint_url,
-        aws_access_key_id=state.access_key_id,
-        aws_secret_access_key=state.secret_access_key,
-        region_name=state.region,
-    )
+    client = _client(state)
     existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
     for bucket in buckets:
         if bucket not in existing:
