@@ -6,10 +6,14 @@ components that imports ``kfp``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ class PipelineFailed(FtpipeError):
 class LocalRunResult:
     run_dir: Path
     data_check: str  # compare_data's decision, as shown in the KFP UI
+    log_path: Path  # all the local runner printed
     evaluation: EvaluateResult | None  # None when the data had not changed and training was skipped
     registered: RegisterModelResult | None
     seconds: float
@@ -81,22 +86,67 @@ def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrai
     logging.getLogger("kfp").setLevel(logging.WARNING)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir))
     started = time.monotonic()
+    log_path = run_dir / "pipeline.log"
     try:
-        build_pipeline(config)(config_json=config.to_json(), force_retrain=force_retrain)
+        with (
+            open(log_path, "w", encoding="utf-8") as log,
+            contextlib.redirect_stdout(_ConsoleFilter(log)),
+            warnings.catch_warnings(),
+        ):
+            # Expected here, by design: the image is a tag and the Kubernetes settings are for clusters.
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+            warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
+            build_pipeline(config)(config_json=config.to_json(), force_retrain=force_retrain)
     except RuntimeError as error:
         message = error_file.read_text().strip() if error_file.exists() else ""
-        raise PipelineFailed(message.splitlines()[-1] if message else f"pipeline failed: {error}") from None
+        reason = message.splitlines()[-1] if message else f"pipeline failed: {error}"
+        raise PipelineFailed(f"{reason} (full log: {log_path})") from None
     finally:
         os.environ.pop(ERROR_FILE_ENV, None)
     seconds = time.monotonic() - started
     decision = _output_file(run_dir, "compare-data/decision")
     return LocalRunResult(
         run_dir=run_dir,
+        log_path=log_path,
         data_check=decision.read_text().splitlines()[-1] if decision else "",
         evaluation=_optional_result(run_dir, "evaluate/evaluation", EvaluateResult),
         registered=_optional_result(run_dir, "register-model/registered", RegisterModelResult),
         seconds=seconds,
     )
+
+
+class _ConsoleFilter(io.TextIOBase):
+    """Everything the local runner prints goes to the log file; the console gets the progress lines.
+
+    KFP's executor logs each task's whole executor input (the config JSON included) and the local
+    runner echoes it; kept in the log, those dumps would drown the steps' own progress on screen.
+    """
+
+    _QUIET = ("Got executor_input", "Looking for component", "Loading KFP component", "Wrote executor output",
+              "Found credentials", "Did not write output")
+
+    def __init__(self, log) -> None:
+        self.log = log
+        self.console = sys.stdout
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if self._shown(line.strip()):
+                self.console.write(line.strip() + "\n")
+        return len(text)
+
+    def _shown(self, line: str) -> bool:
+        if line.startswith("[KFP Executor"):
+            return not any(noise in line for noise in self._QUIET)
+        return any(marker in line for marker in (" - INFO - Executing task", "finished with status", " - ERROR - "))
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
 
 
 def _output_file(run_dir: Path, suffix: str) -> Path | None:

@@ -160,7 +160,7 @@ def _print_run_summary(config: PipelineConfig, result) -> None:
     console.print(f"data check: {result.data_check}")
     evaluation = result.evaluation
     if evaluation is None:
-        console.print(f"pipeline finished in {result.seconds:.0f} s; local run files in {result.run_dir}")
+        console.print(f"pipeline finished in {result.seconds:.0f} s; full log: {result.log_path}")
         return
     table = Table(title=f"Test metrics ({len(evaluation.labels)} classes)")
     table.add_column("metric")
@@ -177,7 +177,7 @@ def _print_run_summary(config: PipelineConfig, result) -> None:
         )
     else:
         console.print("[yellow]gate failed: nothing registered[/yellow]")
-    console.print(f"pipeline finished in {result.seconds:.0f} s; local run files in {result.run_dir}")
+    console.print(f"pipeline finished in {result.seconds:.0f} s; full log: {result.log_path}")
 
 
 # -- registry ---------------------------------------------------------------------------------
