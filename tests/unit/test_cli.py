@@ -50,9 +50,12 @@ def test_registry_against_an_endpoint_that_does_not_answer(monkeypatch, capsys):
 
 
 def test_models_derive_keeps_the_first_layers(tiny_bert_dir, tmp_path, capsys):
+    from safetensors import safe_open
     from transformers import AutoConfig
 
     assert main(["models", "derive", tiny_bert_dir, str(tmp_path / "one"), "--layers", "1"]) == 0
     assert AutoConfig.from_pretrained(tmp_path / "one").num_hidden_layers == 1
+    with safe_open(tmp_path / "one" / "model.safetensors", "pt") as weights:
+        assert not [key for key in weights.keys() if "pooler" in key]  # re-initialised when fine-tuned
     assert main(["models", "derive", tiny_bert_dir, str(tmp_path / "x"), "--layers", "5"]) == 2
     assert "--layers must be between 1 and 1" in capsys.readouterr().err
