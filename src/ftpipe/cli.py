@@ -162,7 +162,7 @@ def _print_run_summary(config: PipelineConfig, result) -> None:
     if evaluation is None:
         console.print(f"pipeline finished in {result.seconds:.0f} s; full log: {result.log_path}")
         return
-    table = Table(title=f"Test metrics ({len(evaluation.labels)} classes)")
+    table = Table(title="Test metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in ("accuracy", "f1_macro"):
