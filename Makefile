@@ -84,3 +84,14 @@ $(SCAN_VENV)/.installed-stamp:
 
 scan: k8s-render $(SCAN_VENV)/.installed-stamp
 	$(SCAN_VENV)/bin/checkov --config-file .checkov.yaml
+
+# -- benchmarks (bench/) ----------------------------------------------------------------------------------
+# Fine-tuning vs a naive loop, clean_data vs a naive pandas script on 1,000,000 texts, and the local DAG's
+# overhead; each prints one line of key=value figures and writes out/bench/<name>.json (about 5 minutes on
+# 2 cores). bench-smoke runs each on small data in about a minute: it checks that they run, not how fast.
+.PHONY: bench bench-smoke
+bench: install
+	$(PY) -m bench
+
+bench-smoke: install
+	$(PY) -m bench --smoke --out out/bench-smoke

@@ -84,6 +84,14 @@ class CleanDataConfig(StrictModel):
     tokenizer: str | None = Field(
         None, description="Tokenizer source for the length filter; defaults to the first candidate's source."
     )
+    token_stats_sample: int | None = Field(
+        10_000,
+        ge=100,
+        description="Texts that provably fit min_tokens..max_tokens (a bound from their characters, for WordPiece "
+        "and byte-level BPE tokenizers) are not tokenized: only those that might not fit are, plus a seeded sample "
+        "of this many for the report's token-length statistics. The kept and quarantined rows are the same as with "
+        "every text tokenized. None tokenizes every text (exact statistics, slower on large data).",
+    )
 
     @model_validator(mode="after")
     def _token_bounds(self) -> CleanDataConfig:
@@ -140,6 +148,35 @@ class FinetuneConfig(StrictModel):
     metric_for_best_model: Literal["f1_macro", "accuracy", "loss"] = "f1_macro"
     max_train_rows: int | None = Field(None, ge=1, description="Use at most this many training rows.")
     group_by_length: bool = Field(True, description="Batch texts of similar length to cut padding.")
+    # Speed. Each switch below is on by default where it leaves the results unchanged (up to float rounding).
+    fused_optimizer: bool = Field(
+        True, description="AdamW as one fused kernel per step (CPU and CUDA); off: PyTorch's per-tensor loop."
+    )
+    attention: Literal["sdpa", "eager", "auto"] = Field(
+        "sdpa",
+        description="Attention kernel: `sdpa` (PyTorch's scaled_dot_product_attention; a model without it falls "
+        "back to its default, with a warning), `eager` (the model's own matmul-softmax code), `auto` (transformers' "
+        "choice).",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="`auto`: bf16 mixed precision on a CUDA GPU that has it, fp16 on older CUDA GPUs, fp32 on CPU. "
+        "`bf16` on a CPU runs on AMX / AVX-512-BF16 where the CPU has them; `fp16` needs a CUDA GPU.",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile. Off by default: compiling takes minutes on a small CPU "
+        "and pays for itself only on long runs.",
+    )
+    gpu_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None,
+        description="Per-device train batch size on a CUDA GPU: a number, `auto` (the largest power-of-two multiple "
+        "of `batch_size` whose estimated memory fits the GPU, at most 1024), or None to keep `batch_size`. Off by "
+        "default: larger batches mean fewer optimizer steps, which changes training.",
+    )
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads when training on CPU; None: the CPUs this process may use."
+    )
 
 
 class GateConfig(StrictModel):

@@ -30,8 +30,12 @@ Cleaning a text (:func:`clean_texts`): HTML tags removed (script/style bodies an
 unescaped, Unicode normalised (``cleaning.unicode_form``), control characters turned into spaces and invisible
 format characters (soft hyphen, zero-width space, word joiner, BOM) deleted, whitespace runs collapsed to one
 space and stripped, optionally lower-cased. Work is vectorised (pyarrow string kernels) and the expensive
-per-row parts run only on the rows that need them (HTML on rows with ``<`` or ``&``, Unicode normalisation on
-non-ASCII rows, tokenization once per distinct text).
+per-row parts run only on the rows that need them: cleaning once per distinct raw text (HTML on texts with ``<``
+or ``&``, Unicode normalisation on non-ASCII texts), tokenization once per distinct cleaned text, and only for
+the texts that might break ``min_tokens``..``max_tokens``: for WordPiece and byte-level BPE tokenizers a bound on
+the token count from the characters (:class:`TokenBound`) proves the others fit, so they are not tokenized, and
+the report's token-length statistics come from a seeded sample of them (``cleaning.token_stats_sample``; the
+report says so). The kept and quarantined rows are exactly those of tokenizing every text.
 
 A single file is split after cleaning and de-duplication, so duplicates never straddle splits, and the split
 depends only on the set of rows and the seed, not on their order in the file. Labels are read as text
@@ -205,6 +209,162 @@ def token_lengths(tokenizer: Any, texts: Sequence[str], batch_size: int = _TOKEN
             counts = [len(row) for row in ids]
         lengths[start : start + len(batch)] = counts
     return lengths
+
+
+# Pre-tokenizers that only cut a text into pieces (or drop separators): they never add characters.
+_SPLITTING_PRE_TOKENIZERS = frozenset(
+    {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation", "Digits", "Split", "CharDelimiterSplit"}
+)
+_SPACE_DROPPING_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
+# Normalizers that map each character on its own (no composition across characters), so the normalized length
+# of a text is the sum of the normalized lengths of its characters.
+_CHARWISE_NORMALIZERS = frozenset({"BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents", "Strip"})
+
+
+@dataclass(frozen=True)
+class TokenBound:
+    """A provable upper bound on a tokenizer's count (special tokens included) of any text, from its characters.
+
+    Two tokenizer families are understood; :func:`token_bound` returns None for the others (then every text is
+    tokenized):
+
+    - WordPiece (BERT and its kin) after a character-wise normalizer and a splitting pre-tokenizer: every token
+      covers at least one character of the normalized text, other than a space, or is the one ``[UNK]`` of a whole
+      word. So tokens <= specials + the sum over the text's characters of what each one normalizes to (spaces not
+      counted), which ``weights`` holds (measured with the tokenizer's own normalizer, one character at a time).
+    - byte-level BPE (GPT-2, RoBERTa, Llama 3) without a normalizer: every token covers at least one UTF-8 byte,
+      and ``add_prefix_space`` adds one space to the text (ByteLevel alone) or at most one per piece (after a
+      splitter): tokens <= specials + ``prefix`` + ``byte_factor`` x bytes.
+
+    ``specials`` is what the post-processor adds to every text, so no text has fewer tokens than that.
+    """
+
+    specials: int
+    per_byte: bool  # byte-level BPE: the bound is in UTF-8 bytes
+    byte_factor: int = 1
+    prefix: int = 0
+    normalize: Any = None  # WordPiece: the tokenizer's normalizer (None: characters are kept as they are)
+    spaces_free: bool = True  # WordPiece: the pre-tokenizer drops spaces, so they never become tokens
+    weights: dict[str, int] = field(default_factory=dict)  # WordPiece: character -> tokens it may add at most
+
+    def weight(self, char: str) -> int:
+        """How many tokens one character can account for at most (WordPiece)."""
+        found = self.weights.get(char)
+        if found is None:
+            text = self.normalize(char) if self.normalize is not None else char
+            found = self.weights[char] = len(text) - (text.count(" ") if self.spaces_free else 0)
+        return found
+
+    def upper(self, texts: Sequence[str]) -> np.ndarray:
+        """The bound for each text (vectorised: pyarrow kernels, plus one pass over the non-ASCII characters)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        array = pa.array(texts, type=pa.large_string()) if not isinstance(texts, pa.Array) else texts
+        if self.per_byte:
+            nbytes = pc.binary_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
+            return self.specials + self.prefix + self.byte_factor * nbytes
+        counted = pc.utf8_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
+        if self.spaces_free:
+            counted -= pc.count_substring(array, " ").to_numpy(zero_copy_only=False).astype(np.int64)
+        ascii_weight = max(self.weight(chr(code)) for code in range(0x80))
+        bound = self.specials + ascii_weight * counted
+        non_ascii = np.flatnonzero(~pc.string_is_ascii(array).to_numpy(zero_copy_only=False))
+        if len(non_ascii):
+            seen = set("".join(array.take(pa.array(non_ascii)).to_pylist()))
+            heaviest = max(ascii_weight, *(self.weight(char) for char in seen))
+            bound[non_ascii] = self.specials + heaviest * counted[non_ascii]
+        return bound
+
+
+def _post_processor_specials(backend: Any) -> int:
+    processor = backend.post_processor
+    return int(processor.num_special_tokens_to_add(False)) if processor is not None else 0
+
+
+def _components(spec: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The parts of a (possibly ``Sequence``) normalizer or pre-tokenizer spec."""
+    if not spec:
+        return []
+    if spec.get("type") == "Sequence":
+        parts = spec.get("normalizers") or spec.get("pretokenizers") or []
+        return [part for item in parts for part in _components(item)]
+    return [spec]
+
+
+def token_bound(tokenizer: Any) -> TokenBound | None:
+    """The :class:`TokenBound` of a fast tokenizer whose family it understands, else None (tokenize everything)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    try:
+        spec = json.loads(backend.to_str())
+        specials = _post_processor_specials(backend)
+    except Exception:  # noqa: BLE001 - an exotic backend: no shortcut, count every text
+        return None
+    model = (spec.get("model") or {}).get("type")
+    normalizers = _components(spec.get("normalizer"))
+    pre_tokenizers = _components(spec.get("pre_tokenizer"))
+    added = [token.get("content") or "" for token in spec.get("added_tokens") or []]
+    if model == "WordPiece":
+        if not all(part.get("type") in _CHARWISE_NORMALIZERS for part in normalizers):
+            return None
+        if not all(part.get("type") in _SPLITTING_PRE_TOKENIZERS for part in pre_tokenizers):
+            return None
+        normalizer = backend.normalizer
+        bound = TokenBound(
+            specials,
+            per_byte=False,
+            normalize=normalizer.normalize_str if normalizer else None,
+            spaces_free=any(part.get("type") in _SPACE_DROPPING_PRE_TOKENIZERS for part in pre_tokenizers),
+        )
+        # An added token matched in the text is one token: its characters must account for at least that much.
+        if any(sum(bound.weight(char) for char in content) < 1 for content in added):
+            return None
+        return bound
+    if model == "BPE" and not normalizers:
+        kinds = [part.get("type") for part in pre_tokenizers]
+        if "ByteLevel" not in kinds or not all(
+            kind == "ByteLevel" or kind in _SPLITTING_PRE_TOKENIZERS for kind in kinds
+        ):
+            return None
+        prefix = any(part.get("add_prefix_space") for part in pre_tokenizers if part.get("type") == "ByteLevel")
+        # A prefix space per piece: at most one per byte, except when ByteLevel alone sees the whole text (one).
+        factor = 2 if prefix and len(kinds) > 1 else 1
+        return TokenBound(specials, per_byte=True, byte_factor=factor, prefix=1 if prefix and factor == 1 else 0)
+    return None
+
+
+def count_tokens_where_needed(
+    tokenizer: Any, texts: Sequence[str], min_tokens: int, max_tokens: int, sample: int | None, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Token counts (``-1`` where not counted) for the length filter and the report, and how they were got.
+
+    Every text that could break ``min_tokens``..``max_tokens`` is tokenized; the others provably cannot (see
+    :class:`TokenBound`) and only a seeded sample of ``sample`` of them is tokenized, for the report's statistics.
+    With ``sample`` None, with no bound for this tokenizer, or with as few texts as ``sample``, every text is.
+    The kept and quarantined rows are exactly those of tokenizing every text.
+    """
+    total = len(texts)
+    bound = token_bound(tokenizer) if sample is not None and total > sample else None
+    if bound is None:
+        return token_lengths(tokenizer, texts), {"counted": total, "of": total, "sampled": False}
+    could_break = np.ones(total, dtype=bool) if min_tokens > bound.specials else bound.upper(texts) > max_tokens
+    rest = np.flatnonzero(~could_break)
+    chosen = np.random.default_rng(seed).choice(rest, size=min(sample, len(rest)), replace=False)
+    which = np.sort(np.concatenate([np.flatnonzero(could_break), chosen]))
+    counts = np.full(total, -1, dtype=np.int64)
+    texts = np.asarray(texts, dtype=object)
+    counts[which] = token_lengths(tokenizer, texts[which])
+    info = {
+        "counted": int(len(which)),
+        "of": total,
+        "sampled": True,
+        "sample": int(len(chosen)),
+        "sample_seed": seed,
+        "bounded_out": int(len(rest)),
+    }
+    return counts, info
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -529,10 +689,18 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     rows = _load_rows(sources, data, storage)
     n = len(rows.source)
 
-    # 1-2: text
+    # 1-2: text, cleaned once per distinct raw text (exact copies are common, and cleaning is the costly part)
     rows.reject(rows.raw_text.isna().to_numpy(), "missing_text")
-    clean = clean_texts(rows.raw_text, cleaning)
-    lengths = clean.str.len().to_numpy(dtype=np.int64)
+    raw_code, raw_distinct = pd.factorize(rows.raw_text, use_na_sentinel=True)
+    cleaned = clean_texts(pd.Series(raw_distinct, dtype=_STR), cleaning)
+    clean_code, distinct = pd.factorize(cleaned, use_na_sentinel=True)
+    has_text = raw_code >= 0
+    text_code = np.full(n, -1, dtype=np.int64)  # index into `distinct`, -1 for a missing text
+    text_code[has_text] = clean_code[raw_code[has_text]]
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[has_text] = pd.Series(distinct, dtype=_STR).str.len().to_numpy(dtype=np.int64)[text_code[has_text]]
+    distinct = np.asarray(distinct, dtype=object)
+    del raw_code, raw_distinct, cleaned, clean_code, has_text
     rows.reject(lengths == 0, "empty_text")
     rows.reject(lengths < cleaning.min_chars, "too_short")
 
@@ -547,16 +715,29 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     label_id = np.array([index_of.get(name, -1) for name in mapped_names], dtype=np.int64)[codes]
     rows.reject(label_id < 0, "unknown_label")
 
-    # 4: token lengths, once per distinct cleaned text
+    # 4: token lengths, once per distinct cleaned text, and only where they could break a bound (-1: not counted)
     alive = rows.alive
-    text_code = np.full(n, -1, dtype=np.int64)
-    text_code[alive], distinct = pd.factorize(clean[alive], use_na_sentinel=True)
-    distinct = np.asarray(distinct, dtype=object)
     tokens = np.full(n, -1, dtype=np.int64)
-    if len(distinct):
-        logger.info("counting tokens of %d distinct texts with %s", len(distinct), config.tokenizer_source)
-        tokens[alive] = token_lengths(_tokenizer_for(config, storage), distinct)[text_code[alive]]
-    rows.reject(alive & (tokens < cleaning.min_tokens), "too_few_tokens")
+    token_info: dict[str, Any] = {"counted": 0, "of": 0, "sampled": False}
+    present = np.unique(text_code[alive])
+    if len(present):
+        per_text = np.full(len(distinct), -1, dtype=np.int64)
+        per_text[present], token_info = count_tokens_where_needed(
+            _tokenizer_for(config, storage),
+            distinct[present],
+            cleaning.min_tokens,
+            cleaning.max_tokens,
+            cleaning.token_stats_sample,
+            data.split.seed,
+        )
+        logger.info(
+            "counted the tokens of %d of %d distinct texts with %s",
+            token_info["counted"],
+            token_info["of"],
+            config.tokenizer_source,
+        )
+        tokens[alive] = per_text[text_code[alive]]
+    rows.reject(alive & (tokens >= 0) & (tokens < cleaning.min_tokens), "too_few_tokens")
     rows.reject(alive & (tokens > cleaning.max_tokens), "too_many_tokens")
 
     # 5-6: conflicting labels and duplicates, on the cleaned text
@@ -609,10 +790,26 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     assert sum(counts.values()) + sum(rejected.values()) == n, "every input row is kept or quarantined"
 
     fingerprint = _fingerprint(labels, split, kept, words, label_id)
-    frames = {name: _split_frame(clean, label_id, labels, kept & (split == code)) for code, name in enumerate(SPLITS)}
+    frames = {
+        name: _split_frame(distinct, text_code, label_id, labels, kept & (split == code))
+        for code, name in enumerate(SPLITS)
+    }
     warnings = _warnings(frames, labels, rows, data)
     report = _report(
-        config, sources, rows, frames, labels, counts, rejected, split_info, tokens, split, kept, fingerprint, warnings
+        config,
+        sources,
+        rows,
+        frames,
+        labels,
+        counts,
+        rejected,
+        split_info,
+        tokens,
+        token_info,
+        split,
+        kept,
+        fingerprint,
+        warnings,
     )
     uris = {name: join(output_uri, f"{name}.parquet") for name in (*SPLITS, "quarantine")}
     for kind, extension in (("json", "json"), ("markdown", "md"), ("html", "html")):
@@ -648,11 +845,13 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
 # -- outputs ----------------------------------------------------------------------------------------
 
 
-def _split_frame(clean: pd.Series, label_id: np.ndarray, labels: list[str], mask: np.ndarray) -> pd.DataFrame:
+def _split_frame(
+    distinct: np.ndarray, text_code: np.ndarray, label_id: np.ndarray, labels: list[str], mask: np.ndarray
+) -> pd.DataFrame:
     ids = label_id[mask]
     return pd.DataFrame(
         {
-            "text": clean[mask].to_numpy(),
+            "text": distinct[text_code[mask]],
             "label": np.asarray(labels, dtype=object)[ids],
             "label_id": ids.astype(np.int64),
         }
@@ -730,14 +929,16 @@ def _report(
     rejected: dict[str, int],
     split_info: dict[str, Any],
     tokens: np.ndarray,
+    token_info: dict[str, Any],
     split: np.ndarray,
     kept: np.ndarray,
     fingerprint: str,
     warnings: list[str],
 ) -> dict[str, Any]:
-    lengths = {name: tokens[kept & (split == code)] for code, name in enumerate(SPLITS)}
+    counted = kept & (tokens >= 0)  # every kept row, or those of the texts in the sample (see token_info)
+    lengths = {name: tokens[counted & (split == code)] for code, name in enumerate(SPLITS)}
     everything = np.concatenate(list(lengths.values()))
-    low, high = int(everything.min()), int(everything.max())
+    low, high = (int(everything.min()), int(everything.max())) if len(everything) else (0, 0)
     edges = np.linspace(low, high + 1, min(_HISTOGRAM_BINS, high - low + 1) + 1)
     return {
         "step": "clean_data",
@@ -765,6 +966,8 @@ def _report(
             "tokenizer": config.tokenizer_source,
             "min_tokens": config.cleaning.min_tokens,
             "max_tokens": config.cleaning.max_tokens,
+            # how many distinct texts were tokenized (all, or those near a bound plus a seeded sample)
+            "counted": token_info,
             "per_split": {name: _token_stats(values) for name, values in lengths.items()},
             "histogram": {
                 "bin_edges": [float(edge) for edge in edges],
@@ -785,7 +988,7 @@ def _figures(report: dict[str, Any], tokens: np.ndarray, split: np.ndarray, kept
     histogram = report["token_lengths"]["histogram"]
     figure, axes = new_figure()
     axes.hist(
-        [tokens[kept & (split == code)] for code in range(len(SPLITS))],
+        [tokens[kept & (tokens >= 0) & (split == code)] for code in range(len(SPLITS))],
         bins=histogram["bin_edges"],
         stacked=True,
         label=list(SPLITS),
@@ -862,6 +1065,13 @@ def _render(
         f"Tokenizer `{token_info['tokenizer']}`; rows outside {token_info['min_tokens']}..{token_info['max_tokens']} "
         "tokens are quarantined."
     )
+    counted = token_info.get("counted") or {}
+    if counted.get("sampled"):
+        token_line += (
+            f" The statistics below are of a seeded sample: {counted['counted']:,} of the {counted['of']:,} distinct "
+            f"texts were tokenized (the {counted['sample']:,} sampled, seed {counted['sample_seed']}, and every one "
+            "that might break a bound); the rest provably fit, by a bound on their token count from their characters."
+        )
 
     sections_md = [
         "# clean_data report",

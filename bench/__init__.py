@@ -1,0 +1,1 @@
+"""ftpipe's benchmarks: `python -m bench` (see bench/__main__.py) or `make bench`."""

@@ -1,0 +1,205 @@
+"""Benchmark 3: pipeline overhead, the wall time of a local DAG run outside the steps' own work.
+
+Runs the whole DAG (clean_data, select_model, finetune, evaluate, register_model) with KFP's local runner,
+exactly as ``ftpipe run --local`` does, against a private SeaweedFS server started here, on a few hundred
+rows of the checked-in SMS sample and a tiny 2-layer BERT (random weights, the real MiniLM tokenizer) that
+the run downloads from S3 like any candidate.
+
+Each task's Python processes are timed from the inside (bench/tasktrace/sitecustomize.py, loaded through
+PYTHONPATH): process creation and exit, imports, the step call inside ``ftpipe.task.run_step``, and the
+``Storage`` (S3) calls. A step's own work is its call minus the imports and S3 transfers inside it; the
+overhead is everything else: the component command's ``pip install kfp`` check, interpreter and library
+start-up, artifact passing, S3 transfers, and the local runner's own work between tasks.
+
+    python -m bench.overhead              # 400 rows
+    python -m bench.overhead --smoke      # the same with 200 rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import OUT_DIR, REPO, SMS_SAMPLE, OtherLoad, emit, minilm_path, quiet_libraries
+
+TRACE_PATH = Path(__file__).parent / "tasktrace"
+STEPS = ("clean_data", "select_model", "finetune", "evaluate", "register_model")
+
+
+def tiny_model(directory: Path) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer (as the tests' tiny_bert_dir)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny benchmark BERT\n")
+    return directory
+
+
+def pipeline_config(prefix: str, model_uri: str, data_uri: str) -> dict[str, Any]:
+    return {
+        "data": {
+            "uri": data_uri,
+            "text_column": "text",
+            "label_column": "spam",
+            "labels": ["ham", "spam"],
+            "label_mapping": {"0": "ham", "1": "spam"},
+        },
+        "candidates": [{"name": "tiny", "source": model_uri}],
+        "selection": {"probe_train_rows": 64, "probe_validation_rows": 32},
+        "training": {"epochs": 1, "batch_size": 16, "max_length": 64},
+        "registry": {"uri": f"{prefix}/registry", "model_name": "overhead-bench"},
+        "storage": {"artifact_root": f"{prefix}/runs"},
+    }
+
+
+def _task_name(record: dict[str, Any]) -> str | None:
+    if record["steps"]:
+        return record["steps"][0]["step"]
+    argv = record.get("argv") or []
+    if "--function_to_execute" in argv:
+        return argv[argv.index("--function_to_execute") + 1]
+    return None
+
+
+def summarise(records: list[dict[str, Any]], dag_seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per-task and total figures from the processes' records (in start order)."""
+    records = sorted(records, key=lambda record: record["created"])
+    tasks: list[dict[str, Any]] = []
+    pending_pip = 0.0
+    for record in records:
+        wall = record["exited"] - record["created"]
+        name = _task_name(record)
+        if name is None:  # the component command's `pip install kfp` (or another helper) before the executor
+            pending_pip += wall
+            continue
+        step = record["steps"][0] if record["steps"] else None
+        step_s = (step["end"] - step["start"]) if step and "end" in step else 0.0
+        work = max(0.0, step_s - record["import_in_step_s"] - record["storage_in_step_s"])
+        tasks.append(
+            {
+                "task": name,
+                "pip_s": round(pending_pip, 2),
+                "process_s": round(wall, 2),
+                "startup_s": round((step["start"] - record["created"]) if step else wall, 2),
+                "imports_s": round(record["import_s"], 2),
+                "imports_in_step_s": round(record["import_in_step_s"], 2),
+                "s3_s": round(record["storage_s"], 2),
+                "s3_calls": record["storage_calls"],
+                "step_work_s": round(work, 2),
+                "overhead_s": round(pending_pip + wall - work, 2),
+            }
+        )
+        pending_pip = 0.0
+    work_total = sum(task["step_work_s"] for task in tasks)
+    in_tasks = sum(task["pip_s"] + task["process_s"] for task in tasks)
+    figures = {
+        "dag_wall_s": round(dag_seconds, 1),
+        "steps_work_s": round(work_total, 1),
+        "overhead_s": round(dag_seconds - work_total, 1),
+        "tasks": len(tasks),
+        "pip_s": round(sum(task["pip_s"] for task in tasks), 1),
+        "imports_s": round(sum(task["imports_s"] for task in tasks), 1),
+        # the libraries a step imports for its work (torch, transformers, ...) counted as its own work instead
+        "overhead_if_step_imports_were_work_s": round(
+            dag_seconds - work_total - sum(task["imports_in_step_s"] for task in tasks), 1
+        ),
+        "s3_s": round(sum(task["s3_s"] for task in tasks), 1),
+        "runner_between_tasks_s": round(max(0.0, dag_seconds - in_tasks), 1),
+    }
+    for task in tasks:
+        figures[f"{task['task']}_overhead_s"] = task["overhead_s"]
+    return figures, tasks
+
+
+def import_seconds(module: str) -> float:
+    """Wall time of a fresh interpreter that imports ``module`` (the best of three)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=REPO)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=400, help="rows of the SMS sample to run the DAG on")
+    parser.add_argument("--out", type=Path, default=None, help="folder for overhead.json (default out/bench)")
+    parser.add_argument("--smoke", action="store_true", help="200 rows")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows = 200
+    quiet_libraries()
+    import pandas as pd
+
+    from ftpipe import s3server
+    from ftpipe.config import parse_config
+    from ftpipe.storage import Storage
+
+    out_dir = Path(args.out or OUT_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "overhead-tasks.log"
+    saved_environ = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="ftpipe-bench-overhead-") as scratch:
+        work = Path(scratch)
+        trace = work / "trace"
+        trace.mkdir()
+        os.environ.update(FTPIPE_HOME=str(work / "home"), FTPIPE_CACHE=str(work / "cache"))
+        state = s3server.start(work / "s3", buckets=("ftpipe",))
+        try:
+            os.environ.update(state.env())
+            storage = Storage()
+            prefix = "s3://ftpipe/bench-overhead"
+            sample = pd.read_csv(SMS_SAMPLE).head(args.rows)
+            sample.to_csv(work / "data.csv", index=False)
+            storage.upload_file(work / "data.csv", f"{prefix}/data.csv")
+            storage.upload_dir(tiny_model(work / "tiny"), f"{prefix}/models/tiny")
+            config = parse_config(pipeline_config(prefix, f"{prefix}/models/tiny", f"{prefix}/data.csv"))
+
+            # `python -m bench...` puts the repository root first on sys.path, where docker/ (the image build
+            # files) would shadow the `docker` package that kfp.local imports: resolve packages as an installed
+            # ftpipe does.
+            sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO]
+            from pipelines.runner import run_local
+
+            os.environ["FTPIPE_BENCH_TRACE"] = str(trace)
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TRACE_PATH), os.environ.get("PYTHONPATH")]))
+            with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+                with contextlib.redirect_stderr(log), OtherLoad() as load:
+                    result = run_local(config, work_dir=work / "runs")
+        finally:
+            s3server.stop(work / "s3")
+            os.environ.clear()
+            os.environ.update(saved_environ)
+        records = [json.loads(path.read_text()) for path in trace.glob("*.json")]
+
+    figures, tasks = summarise(records, result.seconds)
+    figures["rows"] = args.rows
+    figures["registered"] = result.registered is not None
+    figures["import_finetune_module_s"] = round(import_seconds("ftpipe.steps.finetune"), 2)
+    figures["import_python_s"] = round(import_seconds("os"), 2)
+    figures["others_cpu_share"] = round(load.share, 2)
+    emit("overhead", figures, args.out, tasks=tasks, task_log=str(log_path))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

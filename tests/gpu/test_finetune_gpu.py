@@ -1,0 +1,70 @@
+"""The fine-tune step's GPU path on a real CUDA GPU: mixed precision, TF32, fused AdamW, padding to multiples of 8,
+and a batch size grown to fill the GPU. Skipped where there is no CUDA GPU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+LABELS = ["ham", "spam"]
+
+
+def write_split(path: Path, rows: int, seed: int) -> str:
+    rng = random.Random(seed)
+    records = []
+    for index in range(rows):
+        label_id = index % 2
+        word = rng.choice(["free", "prize", "win"]) if label_id else rng.choice(["lunch", "mum", "later"])
+        filler = " ".join(rng.choice(["see", "you", "the", "now"]) for _ in range(rng.randint(1, 30)))
+        records.append({"text": f"{word} {filler}", "label": LABELS[label_id], "label_id": label_id})
+    pd.DataFrame(records).to_parquet(path)
+    return str(path)
+
+
+def test_gpu_training_uses_mixed_precision_fused_kernels_and_a_filled_batch(tiny_bert_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from ftpipe.config import parse_config
+    from ftpipe.steps import finetune
+
+    seen = {}
+
+    class Inspect(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+            seen.update(
+                bf16=args.bf16,
+                fp16=args.fp16,
+                optim=str(args.optim),
+                batch=args.per_device_train_batch_size,
+                tf32=torch.backends.cuda.matmul.allow_tf32,
+                device=next(model.parameters()).device.type,
+            )
+            batch = next(iter(train_dataloader))
+            seen["padded_length"] = batch["input_ids"].shape[1]
+
+    config = parse_config(
+        {
+            "data": {"uri": "unused.csv"},
+            "registry": {"model_name": "gpu"},
+            "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+            "training": {"epochs": 1, "batch_size": 8, "gpu_batch_size": "auto", "learning_rate": 1e-3},
+        }
+    )
+    train = write_split(tmp_path / "train.parquet", 256, 1)
+    validation = write_split(tmp_path / "validation.parquet", 32, 2)
+    result = finetune.run(config, train, validation, LABELS, "tiny", str(tmp_path / "out"), callbacks=[Inspect()])
+
+    bf16 = torch.cuda.is_bf16_supported()
+    assert seen["device"] == "cuda" and seen["bf16"] == bf16 and seen["fp16"] == (not bf16)
+    assert "fused" in seen["optim"]
+    assert seen["batch"] >= 8 and seen["batch"] % 8 == 0  # grown from batch_size to fill the GPU
+    assert seen["padded_length"] % 8 == 0  # tensor-core friendly padding
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert seen["tf32"]
+    assert result.global_steps >= 1 and (Path(result.model_uri) / "model.safetensors").is_file()

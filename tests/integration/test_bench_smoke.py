@@ -1,0 +1,61 @@
+"""`make bench-smoke`: each benchmark runs on small data and reports its figures. Never a timing threshold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[2]
+
+EXPECTED = {
+    "finetune": {
+        "naive_examples_per_s",
+        "ftpipe_examples_per_s",
+        "speedup",
+        "peak_fp32_gflops",
+        "ftpipe_utilisation",
+        "naive_accuracy",
+        "ftpipe_accuracy",
+        "naive_peak_rss_mib",
+        "ftpipe_peak_rss_mib",
+    },
+    "clean_data": {"naive_rows_per_s", "ftpipe_rows_per_s", "ratio", "naive_peak_rss_mib", "ftpipe_peak_rss_mib"},
+    "overhead": {"dag_wall_s", "steps_work_s", "overhead_s", "clean_data_overhead_s", "register_model_overhead_s"},
+}
+
+
+def test_every_benchmark_runs_and_reports(tmp_path, minilm_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = {
+        line.split()[0].removeprefix("bench="): line
+        for line in completed.stdout.splitlines()
+        if line.startswith("bench=")
+    }
+    assert set(lines) == set(EXPECTED)
+    for name, keys in EXPECTED.items():
+        printed = dict(pair.split("=", 1) for pair in lines[name].split())
+        assert keys <= set(printed), f"{name} lacks {sorted(keys - set(printed))}"
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["bench"] == name and keys <= set(record["figures"])
+        assert record["machine"]["cpus"] >= 1
+        for key in keys:
+            assert float(record["figures"][key]) >= 0, (name, key)
+    overhead = json.loads((tmp_path / "overhead.json").read_text())
+    assert overhead["figures"]["registered"] is True  # the tiny model passed the gate: the whole DAG ran
+
+
+@pytest.mark.parametrize("argv", [["--only", "nope"]])
+def test_unknown_benchmark_is_refused(argv):
+    completed = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 2 and "unknown benchmark" in completed.stderr
