@@ -6,7 +6,7 @@ from kfp.dsl import HTML, Dataset, Markdown, Output
 from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=DEFAULT_IMAGE)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def clean_data(
     config_json: str,
     data_key: str,

@@ -6,7 +6,7 @@ from kfp.dsl import Dataset, Input, Markdown, Output
 from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=DEFAULT_IMAGE)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def compare_data(
     config_json: str, run_id: str, cleaned: Input[Dataset], force: bool, decision: Output[Markdown]
 ) -> bool:

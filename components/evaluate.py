@@ -6,7 +6,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markd
 from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=DEFAULT_IMAGE)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def evaluate(
     config_json: str,
     run_id: str,

@@ -6,7 +6,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=DEFAULT_IMAGE)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def finetune(
     config_json: str,
     run_id: str,

@@ -5,7 +5,7 @@ from kfp import dsl
 from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=DEFAULT_IMAGE)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def fingerprint_data(config_json: str, run_id: str) -> str:
     """Returns the key; never cached itself, since it is what detects new data under the same URI."""
     from ftpipe import task

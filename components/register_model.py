@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 from components import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=DEFAULT_IMAGE)
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def register_model(
     config_json: str,
     run_id: str,
