@@ -3,29 +3,13 @@ and a batch size grown to fill the GPU. Skipped where there is no CUDA GPU."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from split_files import LABELS, write_split
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-LABELS = ["ham", "spam"]
-
-
-def write_split(path: Path, rows: int, seed: int) -> str:
-    rng = random.Random(seed)
-    records = []
-    for index in range(rows):
-        label_id = index % 2
-        word = rng.choice(["free", "prize", "win"]) if label_id else rng.choice(["lunch", "mum", "later"])
-        filler = " ".join(rng.choice(["see", "you", "the", "now"]) for _ in range(rng.randint(1, 30)))
-        records.append({"text": f"{word} {filler}", "label": LABELS[label_id], "label_id": label_id})
-    pd.DataFrame(records).to_parquet(path)
-    return str(path)
-
 
 def test_gpu_training_uses_mixed_precision_fused_kernels_and_a_filled_batch(tiny_bert_dir, tmp_path):
     from transformers import TrainerCallback
@@ -56,8 +40,8 @@ def test_gpu_training_uses_mixed_precision_fused_kernels_and_a_filled_batch(tiny
             "training": {"epochs": 1, "batch_size": 8, "gpu_batch_size": "auto", "learning_rate": 1e-3},
         }
     )
-    train = write_split(tmp_path / "train.parquet", 256, 1)
-    validation = write_split(tmp_path / "validation.parquet", 32, 2)
+    train = write_split(tmp_path / "train.parquet", 256, 1, max_filler=30)
+    validation = write_split(tmp_path / "validation.parquet", 32, 2, max_filler=30)
     result = finetune.run(config, train, validation, LABELS, "tiny", str(tmp_path / "out"), callbacks=[Inspect()])
 
     bf16 = torch.cuda.is_bf16_supported()

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from split_files import LABELS, write_split
 from transformers import TrainerCallback
 
 from ftpipe.config import parse_config
 from ftpipe.errors import DataError, ModelError
 from ftpipe.steps import finetune
 from ftpipe.steps.select_model import CandidateScore
-
-LABELS = ["ham", "spam"]
-
-
-def write_split(path: Path, rows: int, seed: int) -> str:
-    rng = random.Random(seed)
-    records = []
-    for index in range(rows):
-        label_id = index % 2
-        word = rng.choice(["free", "prize", "win", "cash"]) if label_id else rng.choice(["lunch", "mum", "later", "ok"])
-        filler = " ".join(rng.choice(["see", "you", "the", "now", "call"]) for _ in range(rng.randint(1, 12)))
-        records.append({"text": f"{word} {filler}", "label": LABELS[label_id], "label_id": label_id})
-    pd.DataFrame(records).to_parquet(path)
-    return str(path)
 
 
 @pytest.fixture(autouse=True)
