@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -13,7 +12,10 @@ from ftpipe.config import parse_config
 from ftpipe.errors import RegistryError
 from ftpipe.registry import ModelRegistry
 from ftpipe.steps import register_model
+from ftpipe.steps.clean_data import CleanDataResult
 from ftpipe.steps.evaluate import EvaluateResult
+from ftpipe.steps.finetune import FinetuneResult
+from ftpipe.steps.select_model import CandidateScore, SelectModelResult
 from ftpipe.storage import Storage
 
 LABELS = ["ham", "spam"]
@@ -155,32 +157,65 @@ def test_refuses_a_failed_gate_or_another_model(tmp_path, tiny_bert_dir, trained
 
 
 def test_lineage_of_the_earlier_steps_results():
-    cleaned = SimpleNamespace(
-        fingerprint="fp",
+    cleaned = CleanDataResult(
         output_uri="s3://r/clean",
         train_uri="s3://r/train.parquet",
         validation_uri="s3://r/validation.parquet",
         test_uri="s3://r/test.parquet",
         quarantine_uri="s3://r/quarantine.parquet",
+        report_json_uri="s3://r/report.json",
+        report_markdown_uri="s3://r/report.md",
+        report_html_uri="s3://r/report.html",
+        fingerprint="fp",
         labels=LABELS,
         counts={"train": 80, "test": 10},
-        rejected={"empty": 2},
+        rejected={"empty_text": 2},
     )
-    selection = SimpleNamespace(selected=SimpleNamespace(name="minilm", source="/m", license="mit", num_parameters=7))
-    trained = SimpleNamespace(base_model_source="/m", best_metric_name="f1_macro", best_metric_value=0.8)
+    selected = CandidateScore(
+        name="minilm",
+        source="/m",
+        license="mit",
+        num_parameters=7,
+        probe_f1_macro=0.9,
+        probe_accuracy=0.9,
+        score=0.88,
+        probe_seconds=1.0,
+    )
+    selection = SelectModelResult(
+        selected=selected,
+        ranking=[selected],
+        skipped=[],
+        report_markdown_uri="m",
+        report_html_uri="h",
+        report_json_uri="j",
+    )
+    trained = FinetuneResult(
+        model_uri="s3://r/model",
+        base_model_name="minilm",
+        base_model_source="/m",
+        labels=LABELS,
+        num_parameters=9,
+        best_metric_name="f1_macro",
+        best_metric_value=0.8,
+        epochs_trained=2.0,
+        global_steps=20,
+        train_seconds=3.0,
+        train_examples_per_second=50.0,
+        stopped_early=False,
+        resumed_from_checkpoint=None,
+        log_uri="l",
+        report_html_uri="h",
+        report_markdown_uri="m",
+    )
     lineage = register_model.lineage_of(cleaned, selection, trained)
     assert lineage["data_fingerprint"] == "fp"
     assert lineage["data_uris"]["test"] == "s3://r/test.parquet" and lineage["data_uris"]["cleaned"] == "s3://r/clean"
-    assert lineage["cleaning"] == {"rows_train": 80, "rows_test": 10, "rejected_empty": 2}
+    assert lineage["cleaning"] == {"rows_train": 80, "rows_test": 10, "rejected_empty_text": 2}
     assert (lineage["base_model"], lineage["base_model_source"], lineage["base_model_license"]) == (
         "minilm",
         "/m",
         "mit",
     )
-    assert lineage["training"] == {"best_metric_name": "f1_macro", "best_metric_value": 0.8}
+    assert lineage["base_model_parameters"] == 9  # with the new head, as trained
+    assert lineage["training"]["best_metric_value"] == 0.8 and lineage["training"]["global_steps"] == 20
     assert lineage["labels"] == LABELS
-    # finetune's own record stands in for a missing selection
-    trained = SimpleNamespace(base_model_name="minilm", base_model_source="/m", num_parameters=9, stopped_early=True)
-    lineage = register_model.lineage_of(cleaned, SimpleNamespace(), trained)
-    assert (lineage["base_model"], lineage["base_model_parameters"]) == ("minilm", 9)
-    assert lineage["training"] == {"stopped_early": True}

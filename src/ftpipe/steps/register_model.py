@@ -32,7 +32,10 @@ from ftpipe.errors import RegistryError
 from ftpipe.model_card import render_model_card
 from ftpipe.registry import ModelRegistry
 from ftpipe.steps import StepResult
+from ftpipe.steps.clean_data import CleanDataResult
 from ftpipe.steps.evaluate import EvaluateResult
+from ftpipe.steps.finetune import FinetuneResult
+from ftpipe.steps.select_model import SelectModelResult
 from ftpipe.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -52,26 +55,19 @@ class RegisterModelResult(StepResult):
     aliases_set: list[str]
 
 
-def lineage_of(cleaned: Any, selection: Any, trained: Any) -> dict[str, Any]:
-    """The lineage dict from the results of clean_data, select_model and finetune (read duck-typed)."""
-    selected = getattr(selection, "selected", None)
+def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: FinetuneResult) -> dict[str, Any]:
+    """The lineage dict from the results of clean_data, select_model and finetune."""
     data_uris = {
-        role: getattr(cleaned, attribute)
-        for role, attribute in (
-            ("source", "source_uri"),
-            ("cleaned", "output_uri"),
-            ("train", "train_uri"),
-            ("validation", "validation_uri"),
-            ("test", "test_uri"),
-            ("quarantine", "quarantine_uri"),
-        )
-        if getattr(cleaned, attribute, None)
+        "cleaned": cleaned.output_uri,
+        "train": cleaned.train_uri,
+        "validation": cleaned.validation_uri,
+        "test": cleaned.test_uri,
+        "quarantine": cleaned.quarantine_uri,
     }
-    cleaning = {f"rows_{split}": rows for split, rows in (getattr(cleaned, "counts", None) or {}).items()}
-    cleaning |= {f"rejected_{reason}": rows for reason, rows in (getattr(cleaned, "rejected", None) or {}).items()}
-    training = {
-        key: getattr(trained, key)
-        for key in (
+    cleaning = {f"rows_{split}": rows for split, rows in cleaned.counts.items()}
+    cleaning |= {f"rejected_{reason}": rows for reason, rows in cleaned.rejected.items()}
+    training = trained.model_dump(
+        include={
             "best_metric_name",
             "best_metric_value",
             "epochs_trained",
@@ -79,18 +75,18 @@ def lineage_of(cleaned: Any, selection: Any, trained: Any) -> dict[str, Any]:
             "train_seconds",
             "train_examples_per_second",
             "stopped_early",
-        )
-        if getattr(trained, key, None) is not None
-    }
+            "resumed_from_checkpoint",
+        }
+    )
     return {
-        "data_fingerprint": getattr(cleaned, "fingerprint", None),
+        "data_fingerprint": cleaned.fingerprint,
         "data_uris": data_uris,
-        "labels": list(getattr(cleaned, "labels", None) or []),
+        "labels": list(cleaned.labels),
         "cleaning": cleaning,
-        "base_model": getattr(selected, "name", None) or getattr(trained, "base_model_name", None),
-        "base_model_source": getattr(trained, "base_model_source", None) or getattr(selected, "source", None),
-        "base_model_license": getattr(selected, "license", None),
-        "base_model_parameters": getattr(selected, "num_parameters", None) or getattr(trained, "num_parameters", None),
+        "base_model": selection.selected.name,
+        "base_model_source": trained.base_model_source,
+        "base_model_license": selection.selected.license,
+        "base_model_parameters": trained.num_parameters,
         "training": training,
     }
 
