@@ -1,7 +1,7 @@
 """Compile the DAG to the YAML a KFP cluster takes, or run it here with KFP's own local runner.
 
-``ftpipe compile`` and ``ftpipe run --local`` call into this module; it is the one place outside the
-components that imports ``kfp``.
+``ftpipe compile`` and ``ftpipe run --local`` call into this module (``ftpipe submit`` and ``schedule``
+into ``pipelines.submit``), so ``ftpipe`` imports ``kfp`` only for the commands that need it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ftpipe import s3server
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import FtpipeError, StorageError
 from ftpipe.steps.evaluate import EvaluateResult
+from ftpipe.steps.fingerprint_data import input_uris
 from ftpipe.steps.register_model import RegisterModelResult
 from ftpipe.storage import Storage, is_s3
 from ftpipe.task import ERROR_FILE_ENV
@@ -56,7 +57,7 @@ def preflight(config: PipelineConfig) -> None:
     storage = Storage(config.storage)
     for uri in (config.storage.artifact_root, config.registry.uri):
         storage.check(uri)
-    for uri in filter(None, (config.data.uri, config.data.train_uri, config.data.validation_uri, config.data.test_uri)):
+    for uri in input_uris(config):
         if not storage.exists(uri):
             raise StorageError(f"dataset not found: {uri}")
 
