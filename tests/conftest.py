@@ -84,3 +84,17 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
     tokenizer.save_pretrained(directory)
     (directory / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny test BERT\n")
     return str(directory)
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """Tiny models gain nothing from a second thread, and one keeps timings steady on a busy 2-core machine."""
+    import torch
+
+    from ftpipe.steps import finetune, select_model
+
+    before = torch.get_num_threads()
+    for module in (select_model, finetune):
+        monkeypatch.setattr(module, "available_cpus", lambda: 1)
+    yield
+    torch.set_num_threads(before)

@@ -164,6 +164,16 @@ class ModelRegistry:
 
     # -- layout -----------------------------------------------------------------------------
 
+
+    def _read_if_exists(self, uri: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist; any other storage failure propagates."""
+        try:
+            return self.storage.read_bytes(uri)
+        except StorageError:
+            if self.storage.exists(uri):
+                raise
+            return None
+
     def _manifest_uri(self, name: str, version: int) -> str:
         return join(self.uri, name, "versions", f"{version:06d}.json")
 
@@ -242,17 +252,12 @@ class ModelRegistry:
         _check_name("model name", name)
         number = _parse_version(version)
         uri = self._manifest_uri(name, number)
-        try:
-            data = self.storage.read_bytes(uri)
-        except PreconditionFailed:
-            raise
-        except StorageError:
-            if self.storage.exists(uri):
-                raise
+        data = self._read_if_exists(uri)
+        if data is None:
             numbers = self._version_numbers(name)
             if not numbers:
-                raise self._unknown_model(name) from None
-            raise RegistryError(f"unknown version {number} of model '{name}' (versions: {_ranges(numbers)})") from None
+                raise self._unknown_model(name)
+            raise RegistryError(f"unknown version {number} of model '{name}' (versions: {_ranges(numbers)})")
         return self._version_from_manifest(name, _parse_manifest(uri, data))
 
     def _manifest_blob(self, uri: str) -> str | None:
@@ -394,13 +399,8 @@ class ModelRegistry:
             before = self.storage.etag(uri)
             if before is None:
                 return None, None
-            try:
-                data = self.storage.read_bytes(uri)
-            except PreconditionFailed:
-                raise
-            except StorageError:
-                if self.storage.exists(uri):
-                    raise
+            data = self._read_if_exists(uri)
+            if data is None:  # removed between the HEAD and the read
                 continue
             # Every write appends a timestamped history entry, so content never repeats: an unchanged
             # ETag after the read means the bytes read are the object at that ETag.

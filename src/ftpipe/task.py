@@ -8,6 +8,7 @@ this run, and turns a user error into one line (on stderr and, when ``FTPIPE_ERR
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -62,9 +63,14 @@ def read_result(artifact: Any, result_type: type[ResultT]) -> ResultT:
     return result_type.from_json(Path(artifact.path).read_text(encoding="utf-8"))
 
 
+@functools.lru_cache(maxsize=1)
+def _storage(config_json: str) -> Storage:
+    """One storage client per task: each copy_report call would otherwise build its own boto3 client."""
+    return Storage(config_from_json(config_json).storage)
+
+
 def copy_report(config_json: str, report_uri: str, artifact: Any) -> None:
     """Copy an HTML/Markdown report from the run's storage into a KFP artifact the UI shows."""
-    config = config_from_json(config_json)
     Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(artifact.path).write_bytes(Storage(config.storage).read_bytes(report_uri))
+    Path(artifact.path).write_bytes(_storage(config_json).read_bytes(report_uri))
     artifact.metadata["source_uri"] = report_uri

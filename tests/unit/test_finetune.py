@@ -16,16 +16,7 @@ from ftpipe.errors import DataError, ModelError
 from ftpipe.steps import finetune
 from ftpipe.steps.select_model import CandidateScore
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread(monkeypatch):
-    """Tiny models gain nothing from a second thread, and one keeps timings steady on a busy 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    monkeypatch.setattr(finetune, "available_cpus", lambda: 1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
