@@ -22,7 +22,13 @@ def clean_data(
     from ftpipe import task
     from ftpipe.steps import clean_data as step
 
-    result = task.run_step("clean_data", config_json, f"data-{data_key}", lambda config, out: step.run(config, out))
+    result = task.run_step(
+        "clean_data",
+        config_json,
+        f"data-{data_key}",
+        lambda config, out, storage: step.run(config, out, storage),
+        step.LIBRARIES,
+    )
     task.write_result(
         cleaned,
         result,

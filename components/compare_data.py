@@ -17,7 +17,10 @@ def compare_data(
 
     data = task.read_result(cleaned, CleanDataResult)
     result = task.run_step(
-        "compare_data", config_json, run_id, lambda config, out: step.run(config, data.fingerprint, force)
+        "compare_data",
+        config_json,
+        run_id,
+        lambda config, out, storage: step.run(config, data.fingerprint, force, storage=storage),
     )
     task.write_text(decision, f"# Data check\n\n{result.message}\n", changed=result.changed)
     return result.changed

@@ -33,7 +33,10 @@ def evaluate(
         "evaluate",
         config_json,
         run_id,
-        lambda config, out: step.run(config, data.test_uri, data.labels, trained.model_uri, out),
+        lambda config, out, storage: step.run(
+            config, data.test_uri, data.labels, trained.model_uri, out, storage=storage
+        ),
+        step.LIBRARIES,
     )
     task.write_result(evaluation, result, gate_passed=result.gate_passed, gate_reasons="\n".join(result.reasons))
     metrics.log_metric("accuracy", result.metrics["accuracy"])

@@ -28,9 +28,10 @@ def finetune(
         "finetune",
         config_json,
         run_id,
-        lambda config, out: step.run(
-            config, data.train_uri, data.validation_uri, data.labels, chosen.selected, out
+        lambda config, out, storage: step.run(
+            config, data.train_uri, data.validation_uri, data.labels, chosen.selected, out, storage=storage
         ),
+        step.LIBRARIES,
     )
     task.write_result(model, result, model_uri=result.model_uri, base_model=result.base_model_source)
     training_metrics.log_metric(f"best_validation_{result.best_metric_name}", result.best_metric_value)

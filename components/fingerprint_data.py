@@ -11,4 +11,6 @@ def fingerprint_data(config_json: str, run_id: str) -> str:
     from ftpipe import task
     from ftpipe.steps import fingerprint_data as step
 
-    return task.run_step("fingerprint_data", config_json, run_id, lambda config, out: step.run(config)).key
+    return task.run_step(
+        "fingerprint_data", config_json, run_id, lambda config, out, storage: step.run(config, storage)
+    ).key

@@ -34,7 +34,7 @@ def register_model(
         "register_model",
         config_json,
         run_id,
-        lambda config, out: step.run(config, trained.model_uri, evaluated, lineage, run_id),
+        lambda config, out, storage: step.run(config, trained.model_uri, evaluated, lineage, run_id, storage=storage),
     )
     task.write_result(registered, result, model_name=result.model_name, version=result.version)
     task.copy_report(config_json, result.model_card_uri, model_card)

@@ -25,7 +25,10 @@ def select_model(
         "select_model",
         config_json,
         run_id,
-        lambda config, out: step.run(config, data.train_uri, data.validation_uri, data.labels, out),
+        lambda config, out, storage: step.run(
+            config, data.train_uri, data.validation_uri, data.labels, out, storage=storage
+        ),
+        step.LIBRARIES,
     )
     task.write_result(
         selection,

@@ -14,7 +14,22 @@ from pydantic import BaseModel, ConfigDict
 from ftpipe.config import PipelineConfig
 from ftpipe.storage import join
 
-STEP_NAMES = ("clean_data", "select_model", "finetune", "evaluate", "register_model")
+# In pipeline order: the five of the design, and the two data checks that let a run skip training.
+STEP_NAMES = (
+    "fingerprint_data",
+    "clean_data",
+    "compare_data",
+    "select_model",
+    "finetune",
+    "evaluate",
+    "register_model",
+)
+
+# The heavy modules a step's run() imports lazily (so that importing a step module for its Result type
+# stays light). A pipeline task loads its step's ``LIBRARIES`` up front: see ftpipe.task.load_libraries.
+TOKENIZER_LIBRARIES = ("transformers.models.auto.tokenization_auto",)
+MODEL_LIBRARIES = ("torch", "transformers.modeling_utils", "transformers.models.auto.modeling_auto")
+REPORT_LIBRARIES = ("matplotlib.pyplot",)
 
 ResultT = TypeVar("ResultT", bound="StepResult")
 

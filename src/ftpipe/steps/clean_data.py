@@ -62,10 +62,12 @@ import pandas as pd
 
 from ftpipe.config import CleanDataConfig, DataConfig, PipelineConfig
 from ftpipe.errors import DataError, StorageError
-from ftpipe.steps import StepResult
+from ftpipe.steps import REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
 from ftpipe.storage import Storage, join
 
 logger = logging.getLogger(__name__)
+
+LIBRARIES = (*TOKENIZER_LIBRARIES, "sklearn.model_selection", *REPORT_LIBRARIES)
 
 SPLITS = ("train", "validation", "test")
 REASONS = (

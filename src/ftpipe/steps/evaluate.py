@@ -41,10 +41,12 @@ from ftpipe import models, reports
 from ftpipe.config import GateConfig, PipelineConfig
 from ftpipe.errors import DataError, ModelError
 from ftpipe.registry import ModelRegistry
-from ftpipe.steps import StepResult
+from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
 from ftpipe.storage import Storage, join
 
 logger = logging.getLogger(__name__)
+
+LIBRARIES = (*MODEL_LIBRARIES, *TOKENIZER_LIBRARIES, "sklearn.metrics", *REPORT_LIBRARIES)
 
 PRODUCTION_ALIAS = "production"
 _EPSILON = 1e-9  # float slack so that "equal to the threshold" passes

@@ -45,7 +45,7 @@ import numpy as np
 from ftpipe import models, reports
 from ftpipe.config import CandidateConfig, FinetuneConfig, PipelineConfig
 from ftpipe.errors import ConfigError, ModelError
-from ftpipe.steps import StepResult
+from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
 from ftpipe.steps.select_model import (
     CandidateScore,
     available_cpus,
@@ -62,6 +62,15 @@ if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this 
     from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
+
+LIBRARIES = (
+    *MODEL_LIBRARIES,
+    *TOKENIZER_LIBRARIES,
+    "transformers.trainer",
+    "datasets",
+    "sklearn.metrics",
+    *REPORT_LIBRARIES,
+)
 
 MIRROR_MARKER = "ftpipe-checkpoint-complete.json"
 SAVE_TOTAL_LIMIT = 2  # the newest checkpoint (to resume) and the best one (to load at the end)

@@ -34,10 +34,18 @@ from pydantic import BaseModel, ConfigDict
 from ftpipe import models, reports
 from ftpipe.config import CandidateConfig, PipelineConfig
 from ftpipe.errors import DataError, FtpipeError, ModelError
-from ftpipe.steps import StepResult
+from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
 from ftpipe.storage import Storage, join
 
 logger = logging.getLogger(__name__)
+
+LIBRARIES = (
+    *MODEL_LIBRARIES,
+    *TOKENIZER_LIBRARIES,
+    "sklearn.linear_model",
+    "sklearn.model_selection",
+    *REPORT_LIBRARIES,
+)
 
 SPLIT_COLUMNS = ("text", "label", "label_id")
 PROBE_BATCH_SIZE = 32
