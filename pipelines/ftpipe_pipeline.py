@@ -59,6 +59,14 @@ def _on_gpu_node(task: dsl.PipelineTask, cluster: ClusterConfig) -> dsl.Pipeline
     return task
 
 
+def task_environment(config: PipelineConfig) -> dict[str, str]:
+    """The environment variables every task gets, besides the S3 credentials from the Secret."""
+    environment = {"HF_HUB_OFFLINE": "1"}
+    if config.storage.endpoint_url:
+        environment["AWS_ENDPOINT_URL"] = config.storage.endpoint_url
+    return environment
+
+
 def build_pipeline(config: PipelineConfig, image: str | None = None):
     """The pipeline for ``config``, its tasks running in ``image`` (default ``ftpipe:<version>``)."""
     cluster = config.cluster
@@ -76,9 +84,8 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
 
     def configure(task: dsl.PipelineTask, retries: int, name: str, cache: bool = False) -> dsl.PipelineTask:
         _with_s3_credentials(task, cluster)
-        if config.storage.endpoint_url:
-            task.set_env_variable("AWS_ENDPOINT_URL", config.storage.endpoint_url)
-        task.set_env_variable("HF_HUB_OFFLINE", "1")
+        for name, value in task_environment(config).items():
+            task.set_env_variable(name, value)
         task.set_retry(
             retries, backoff_duration=RETRY_BACKOFF, backoff_factor=RETRY_BACKOFF_FACTOR,
             backoff_max_duration=RETRY_BACKOFF_MAX,

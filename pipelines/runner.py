@@ -25,7 +25,8 @@ from ftpipe.steps.fingerprint_data import input_uris
 from ftpipe.steps.register_model import RegisterModelResult
 from ftpipe.storage import Storage, is_s3
 from ftpipe.task import ERROR_FILE_ENV
-from pipelines.ftpipe_pipeline import build_pipeline
+from pipelines.ftpipe_pipeline import build_pipeline, task_environment
+from pipelines.task_server import warm_task_starts
 
 
 def compile_pipeline(config: PipelineConfig, output: str | Path, image: str | None = None) -> Path:
@@ -73,7 +74,10 @@ def _local_environment(config: PipelineConfig) -> None:
 
 
 def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrain: bool = False) -> LocalRunResult:
-    """Run the whole DAG with ``kfp.local.SubprocessRunner(use_venv=False)`` and collect its results."""
+    """Run the whole DAG with ``kfp.local.SubprocessRunner(use_venv=False)`` and collect its results.
+
+    The tasks start warm, as forks of one interpreter that has imported their libraries (pipelines.task_server).
+    """
     from kfp import local
 
     _local_environment(config)
@@ -90,6 +94,7 @@ def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrai
     log_path = run_dir / "pipeline.log"
     try:
         with (
+            warm_task_starts(run_dir / "task-server.log", task_environment(config)),
             open(log_path, "w", encoding="utf-8") as log,
             contextlib.redirect_stdout(_ConsoleFilter(log)),
             warnings.catch_warnings(),

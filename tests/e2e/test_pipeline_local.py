@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftpipe import s3server
 from ftpipe.cli import main
 from ftpipe.config import load_config
 from ftpipe.registry import ModelRegistry
@@ -80,6 +81,13 @@ def test_whole_pipeline_registers_a_better_than_baseline_model(pipeline_config, 
     runs_after = s3_storage.list(config.storage.artifact_root)
     assert [uri for uri in runs_after if "/clean_data/" in uri] == cleaned_before
     assert len({uri.split("/runs/")[1].split("/")[0] for uri in runs_after if "/finetune/" in uri}) == 1
+
+    # Both runs started every task warm, as forks of the run's task server (pipelines.task_server).
+    server_logs = sorted((s3server.home_dir() / "local-runs").glob("run-*/task-server.log"))
+    assert len(server_logs) == 2
+    for log in server_logs:
+        text = log.read_text()
+        assert "ready in" in text and "runs cold" not in text, text
 
 
 def test_bad_column_stops_the_run_with_one_line_and_registers_nothing(pipeline_config, s3_storage, capsys):

@@ -24,7 +24,15 @@ EXPECTED = {
         "ftpipe_peak_rss_mib",
     },
     "clean_data": {"naive_rows_per_s", "ftpipe_rows_per_s", "ratio", "naive_peak_rss_mib", "ftpipe_peak_rss_mib"},
-    "overhead": {"dag_wall_s", "steps_work_s", "overhead_s", "clean_data_overhead_s", "register_model_overhead_s"},
+    "overhead": {
+        "dag_wall_s",
+        "steps_work_s",
+        "overhead_s",
+        "clean_data_overhead_s",
+        "register_model_overhead_s",
+        "tasks_started_warm",
+        "task_server_ready_s",
+    },
 }
 
 
@@ -53,6 +61,7 @@ def test_every_benchmark_runs_and_reports(tmp_path, minilm_path):
             assert float(record["figures"][key]) >= 0, (name, key)
     overhead = json.loads((tmp_path / "overhead.json").read_text())
     assert overhead["figures"]["registered"] is True  # the tiny model passed the gate: the whole DAG ran
+    assert overhead["figures"]["tasks_started_warm"] == overhead["figures"]["tasks"] == 7
 
 
 @pytest.mark.parametrize("argv", [["--only", "nope"]])
