@@ -5,11 +5,15 @@ exactly as ``ftpipe run --local`` does, against a private SeaweedFS server start
 rows of the checked-in SMS sample and a tiny 2-layer BERT (random weights, the real MiniLM tokenizer) that
 the run downloads from S3 like any candidate.
 
-Each task's Python processes are timed from the inside (bench/tasktrace/sitecustomize.py, loaded through
+It runs the DAG twice: first with every task a fresh interpreter, as KFP's local runner starts them by
+default (``FTPIPE_WARM_START=0``, the baseline, reported as ``cold_*``), then as ``ftpipe run --local``
+does by default, each task a fork of the warm task server (pipelines/task_server.py).
+
+Each task's Python process is timed from the inside (bench/tasktrace/sitecustomize.py, loaded through
 PYTHONPATH): process creation and exit, imports, the step call inside ``ftpipe.task.run_step``, and the
 ``Storage`` (S3) calls. A step's own work is its call minus the imports and S3 transfers inside it; the
-overhead is everything else: the component command's ``pip install kfp`` check, interpreter and library
-start-up, artifact passing, S3 transfers, and the local runner's own work between tasks.
+overhead is everything else: interpreter and library start-up (the task server's included), artifact
+passing, S3 transfers, and the local runner's own work between tasks.
 
     python -m bench.overhead              # 400 rows
     python -m bench.overhead --smoke      # the same with 200 rows
@@ -81,23 +85,20 @@ def _task_name(record: dict[str, Any]) -> str | None:
 
 
 def summarise(records: list[dict[str, Any]], dag_seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Per-task and total figures from the processes' records (in start order)."""
-    records = sorted(records, key=lambda record: record["created"])
+    """Per-task and total figures from the task processes' records (in start order)."""
     tasks: list[dict[str, Any]] = []
-    pending_pip = 0.0
-    for record in records:
-        wall = record["exited"] - record["created"]
+    for record in sorted(records, key=lambda record: record["created"]):
         name = _task_name(record)
-        if name is None:  # the component command's `pip install kfp` (or another helper) before the executor
-            pending_pip += wall
+        if name is None:  # not a task's executor (a helper a command might start)
             continue
+        wall = record["exited"] - record["created"]
         step = record["steps"][0] if record["steps"] else None
         step_s = (step["end"] - step["start"]) if step and "end" in step else 0.0
         work = max(0.0, step_s - record["import_in_step_s"] - record["storage_in_step_s"])
         tasks.append(
             {
                 "task": name,
-                "pip_s": round(pending_pip, 2),
+                "started": "warm" if record.get("forked") else "cold",
                 "process_s": round(wall, 2),
                 "startup_s": round((step["start"] - record["created"]) if step else wall, 2),
                 "imports_s": round(record["import_s"], 2),
@@ -106,32 +107,51 @@ def summarise(records: list[dict[str, Any]], dag_seconds: float) -> tuple[dict[s
                 "s3_s": round(record["storage_s"], 2),
                 "s3_calls": record["storage_calls"],
                 "step_work_s": round(work, 2),
-                "overhead_s": round(pending_pip + wall - work, 2),
-                "started": "warm" if record.get("forked") else "cold",
+                "overhead_s": round(wall - work, 2),
                 "slowest_imports": dict(sorted(record["imports"].items(), key=lambda item: -item[1])[:6]),
             }
         )
-        pending_pip = 0.0
     work_total = sum(task["step_work_s"] for task in tasks)
-    in_tasks = sum(task["pip_s"] + task["process_s"] for task in tasks)
     figures = {
         "dag_wall_s": round(dag_seconds, 1),
         "steps_work_s": round(work_total, 1),
         "overhead_s": round(dag_seconds - work_total, 1),
         "tasks": len(tasks),
-        "pip_s": round(sum(task["pip_s"] for task in tasks), 1),
+        "tasks_started_warm": sum(task["started"] == "warm" for task in tasks),
         "imports_s": round(sum(task["imports_s"] for task in tasks), 1),
         # the libraries a step needs for its work (torch, transformers, ...) counted as its own work instead
         "overhead_if_step_libraries_were_work_s": round(
             dag_seconds - work_total - sum(task["step_libraries_s"] for task in tasks), 1
         ),
         "s3_s": round(sum(task["s3_s"] for task in tasks), 1),
-        "runner_between_tasks_s": round(max(0.0, dag_seconds - in_tasks), 1),
-        "tasks_started_warm": sum(task["started"] == "warm" for task in tasks),
+        "runner_between_tasks_s": round(max(0.0, dag_seconds - sum(task["process_s"] for task in tasks)), 1),
     }
     for task in tasks:
         figures[f"{task['task']}_overhead_s"] = task["overhead_s"]
     return figures, tasks
+
+
+def run_dag(prefix: str, model_uri: str, data_uri: str, work: Path, log, warm: bool) -> dict[str, Any]:
+    """One traced local run of the whole DAG; its figures, per-task records under "tasks"."""
+    from ftpipe.config import parse_config
+    from pipelines.runner import run_local
+    from pipelines.task_server import WARM_START_ENV
+
+    trace = work / "trace"
+    trace.mkdir(parents=True)
+    os.environ["FTPIPE_BENCH_TRACE"] = str(trace)
+    os.environ[WARM_START_ENV] = "1" if warm else "0"
+    config = parse_config(pipeline_config(prefix, model_uri, data_uri))
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        result = run_local(config, work_dir=work / "runs")
+    figures, tasks = summarise([json.loads(path.read_text()) for path in trace.glob("*.json")], result.seconds)
+    server_log = result.run_dir / "task-server.log"
+    ready = re.search(r"ready in ([0-9.]+) s", server_log.read_text()) if server_log.exists() else None
+    # The server imports once for all tasks, inside the DAG's wall time (tasks that come meanwhile wait).
+    figures["task_server_ready_s"] = float(ready.group(1)) if ready else None
+    figures["registered"] = result.registered is not None
+    figures["tasks_detail"] = tasks
+    return figures
 
 
 def import_seconds(module: str) -> float:
@@ -156,59 +176,53 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from ftpipe import s3server
-    from ftpipe.config import parse_config
     from ftpipe.storage import Storage
 
     out_dir = Path(args.out or OUT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "overhead-tasks.log"
     saved_environ = dict(os.environ)
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ftpipe-bench-overhead-") as scratch:
         work = Path(scratch)
-        trace = work / "trace"
-        trace.mkdir()
         os.environ.update(FTPIPE_HOME=str(work / "home"), FTPIPE_CACHE=str(work / "cache"))
         state = s3server.start(work / "s3", buckets=("ftpipe",))
         try:
             os.environ.update(state.env())
             storage = Storage()
-            prefix = "s3://ftpipe/bench-overhead"
-            sample = pd.read_csv(SMS_SAMPLE).head(args.rows)
-            sample.to_csv(work / "data.csv", index=False)
-            storage.upload_file(work / "data.csv", f"{prefix}/data.csv")
-            storage.upload_dir(tiny_model(work / "tiny"), f"{prefix}/models/tiny")
-            config = parse_config(pipeline_config(prefix, f"{prefix}/models/tiny", f"{prefix}/data.csv"))
+            inputs = "s3://ftpipe/bench-overhead/inputs"
+            pd.read_csv(SMS_SAMPLE).head(args.rows).to_csv(work / "data.csv", index=False)
+            storage.upload_file(work / "data.csv", f"{inputs}/data.csv")
+            storage.upload_dir(tiny_model(work / "tiny"), f"{inputs}/models/tiny")
 
             # `python -m bench...` puts the repository root first on sys.path, where docker/ (the image build
             # files) would shadow the `docker` package that kfp.local imports: resolve packages as an installed
             # ftpipe does.
             sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO]
-            from pipelines.runner import run_local
-
-            os.environ["FTPIPE_BENCH_TRACE"] = str(trace)
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TRACE_PATH), os.environ.get("PYTHONPATH")]))
-            with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-                with contextlib.redirect_stderr(log), OtherLoad() as load:
-                    result = run_local(config, work_dir=work / "runs")
-            server_log = result.run_dir / "task-server.log"
-            ready = re.search(r"ready in ([0-9.]+) s", server_log.read_text()) if server_log.exists() else None
+            with open(log_path, "w", encoding="utf-8") as log, OtherLoad() as load:
+                # The baseline first: every task a fresh interpreter, as KFP's local runner starts them by default.
+                for mode in ("cold", "warm"):
+                    prefix = f"s3://ftpipe/bench-overhead/{mode}"  # its own runs and registry: nothing is reused
+                    runs[mode] = run_dag(
+                        prefix, f"{inputs}/models/tiny", f"{inputs}/data.csv", work / mode, log, mode == "warm"
+                    )
         finally:
             s3server.stop(work / "s3")
             os.environ.clear()
             os.environ.update(saved_environ)
-        records = [json.loads(path.read_text()) for path in trace.glob("*.json")]
 
-    figures, tasks = summarise(records, result.seconds)
-    # imports it once for all tasks, inside the DAG's wall time (tasks that come meanwhile wait for it)
-    figures["task_server_ready_s"] = float(ready.group(1)) if ready else None
+    figures = {key: value for key, value in runs["warm"].items() if key != "tasks_detail"}
+    for key in ("dag_wall_s", "overhead_s", "imports_s", "tasks_started_warm", "registered"):
+        figures[f"cold_{key}"] = runs["cold"][key]
+    figures["overhead_vs_cold"] = round(figures["overhead_s"] / runs["cold"]["overhead_s"], 2)
     figures["rows"] = args.rows
-    figures["registered"] = result.registered is not None
     figures["import_finetune_module_s"] = round(import_seconds("ftpipe.steps.finetune"), 2)
     figures["import_python_s"] = round(import_seconds("os"), 2)
     figures["others_cpu_share"] = round(load.share, 2)
+    tasks = {mode: run["tasks_detail"] for mode, run in runs.items()}
     emit("overhead", figures, args.out, tasks=tasks, task_log=str(log_path))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -32,6 +32,8 @@ EXPECTED = {
         "register_model_overhead_s",
         "tasks_started_warm",
         "task_server_ready_s",
+        "cold_overhead_s",
+        "overhead_vs_cold",
     },
 }
 
@@ -61,6 +63,9 @@ def test_every_benchmark_runs_and_reports(tmp_path, minilm_path):
             assert float(record["figures"][key]) >= 0, (name, key)
     overhead = json.loads((tmp_path / "overhead.json").read_text())
     assert overhead["figures"]["registered"] is True  # the tiny model passed the gate: the whole DAG ran
+    assert overhead["figures"]["cold_registered"] is True
+    # the baseline run started every task cold, ftpipe's default run every task warm
+    assert overhead["figures"]["cold_tasks_started_warm"] == 0
     assert overhead["figures"]["tasks_started_warm"] == overhead["figures"]["tasks"] == 7
 
 
