@@ -133,8 +133,8 @@ def serve(listener: socket.socket, parent_pid: int) -> dict[str, Any]:
                 _reply(connection, cold=reason)
                 connection.close()
                 continue
-        except (OSError, ValueError) as error:
-            _log(f"bad request: {error}")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            _log(f"bad request: {error!r}")
             connection.close()
             continue
         pid = os.fork()
@@ -145,14 +145,25 @@ def serve(listener: socket.socket, parent_pid: int) -> dict[str, Any]:
             return request
         for fd in fds:
             os.close(fd)
-        try:
-            _reply(connection, forked=pid)
-            _reply(connection, exit=_wait(pid, connection))
-        except OSError as error:
-            _log(f"lost the client of task process {pid}: {error}")
-        finally:
-            connection.close()
+        _see_task_through(pid, connection)
     raise SystemExit(0)
+
+
+def _see_task_through(pid: int, connection: socket.socket) -> None:
+    """Tell the client the task's pid, then its exit code; without a client to tell, stop the task."""
+    status = None
+    try:
+        _reply(connection, forked=pid)
+        status = _wait(pid, connection)
+        _reply(connection, exit=status)
+    except OSError as error:
+        _log(f"lost the client of task process {pid}: {error}")
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+    finally:
+        connection.close()
 
 
 def run_task(request: Mapping[str, Any]) -> None:
@@ -182,7 +193,8 @@ def warm_task_starts(log_path: Path, environment: Mapping[str, str]) -> Iterator
     ``environment``: what KFP adds to a task's environment (the pipeline's env settings), so that the
     server's environment, and so the modules it imports, see what a cold task would.
     """
-    if os.environ.get(WARM_START_ENV, "1") == "0":
+    # fork and pidfd_open (to wait for a task and its client at once) are Linux's: elsewhere tasks run cold.
+    if os.environ.get(WARM_START_ENV, "1") == "0" or not hasattr(os, "pidfd_open"):
         yield None
         return
     from kfp.local import subprocess_task_handler
