@@ -21,6 +21,7 @@ every day: importing starts no Python threads, and the server never runs a torch
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -249,7 +251,18 @@ def warm_task_starts(log_path: Path, environment: Mapping[str, str]) -> Iterator
 
 def main() -> None:
     listener, parent_pid = socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2])
-    run_task(serve(listener, parent_pid))
+    request = serve(listener, parent_pid)
+    try:
+        run_task(request)
+    except KeyboardInterrupt:
+        # As the interpreter ends a `python -m` that Ctrl-C stopped: the traceback, the exit handlers, then
+        # death by SIGINT (status 130 to a shell) rather than exit status 1.
+        traceback.print_exc()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":

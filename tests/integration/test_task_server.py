@@ -95,7 +95,15 @@ def test_without_a_server_the_launcher_runs_the_task_cold(warm_server, tmp_path)
     assert probe_report(completed)["warm"] is False
 
 
-def test_stopping_the_client_stops_the_task(warm_server, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "client_status"),
+    [
+        (signal.SIGTERM, 128 + signal.SIGTERM),  # forwarded by the client, as the task's own status
+        (signal.SIGINT, 128 + signal.SIGINT),  # Ctrl-C: KeyboardInterrupt in the task, as in a cold one
+        (signal.SIGKILL, -signal.SIGKILL),  # no client left: the server sees it gone and stops the task
+    ],
+)
+def test_stopping_the_client_stops_the_task(warm_server, tmp_path, signum, client_status):
     pid_file = tmp_path / "pid"
     client = subprocess.Popen(
         [str(warm_server.launcher), "-m", "task_probe", "sleep", str(pid_file)],
@@ -105,12 +113,12 @@ def test_stopping_the_client_stops_the_task(warm_server, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while not pid_file.exists() and time.monotonic() < deadline:
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     task_pid = int(pid_file.read_text())
     assert task_pid != client.pid  # the task is the server's fork, not the client
-    client.send_signal(signal.SIGTERM)
-    assert client.wait(timeout=30) == 128 + signal.SIGTERM
+    client.send_signal(signum)
+    assert client.wait(timeout=30) == client_status
     deadline = time.monotonic() + 30
     while _alive(task_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
