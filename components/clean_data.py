@@ -22,13 +22,7 @@ def clean_data(
     from ftpipe import task
     from ftpipe.steps import clean_data as step
 
-    result = task.run_step(
-        "clean_data",
-        config_json,
-        f"data-{data_key}",
-        lambda config, out, storage: step.run(config, out, storage),
-        step.LIBRARIES,
-    )
+    result = task.run_step("clean_data", config_json, f"data-{data_key}", step.run, step.LIBRARIES)
     task.write_result(
         cleaned,
         result,
