@@ -12,8 +12,8 @@ def compare_data(
 ) -> bool:
     """Returns True when fine-tuning should run; the decision says why, for the KFP UI."""
     from ftpipe import task
+    from ftpipe.results import CleanDataResult
     from ftpipe.steps import compare_data as step
-    from ftpipe.steps.clean_data import CleanDataResult
 
     data = task.read_result(cleaned, CleanDataResult)
     result = task.run_step(

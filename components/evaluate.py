@@ -23,9 +23,8 @@ def evaluate(
     A single output on purpose: KFP's local runner cannot resolve a NamedTuple field in a dsl.If.
     """
     from ftpipe import task
+    from ftpipe.results import CleanDataResult, FinetuneResult
     from ftpipe.steps import evaluate as step
-    from ftpipe.steps.clean_data import CleanDataResult
-    from ftpipe.steps.finetune import FinetuneResult
 
     data = task.read_result(cleaned, CleanDataResult)
     trained = task.read_result(model, FinetuneResult)
@@ -39,11 +38,13 @@ def evaluate(
         step.LIBRARIES,
     )
     task.write_result(evaluation, result, gate_passed=result.gate_passed, gate_reasons="\n".join(result.reasons))
-    metrics.log_metric("accuracy", result.metrics["accuracy"])
-    metrics.log_metric("f1_macro", result.metrics["f1_macro"])
+    for name, value in result.metrics.items():  # the task's scalar metrics; details (per class, ...) are in the report
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics.log_metric(name, value)
     if result.production is not None:
         metrics.log_metric("production_version", result.production.version)
-    confusion.log_confusion_matrix(result.labels, result.confusion_matrix)
+    if result.confusion_matrix:  # only tasks with one confusion matrix (single-label classification) have it
+        confusion.log_confusion_matrix(result.labels, result.confusion_matrix)
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
     return result.gate_passed

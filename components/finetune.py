@@ -18,9 +18,8 @@ def finetune(
     report_markdown: Output[Markdown],
 ):
     from ftpipe import task
+    from ftpipe.results import CleanDataResult, SelectModelResult
     from ftpipe.steps import finetune as step
-    from ftpipe.steps.clean_data import CleanDataResult
-    from ftpipe.steps.select_model import SelectModelResult
 
     data = task.read_result(cleaned, CleanDataResult)
     chosen = task.read_result(selection, SelectModelResult)

@@ -19,11 +19,8 @@ def register_model(
 ) -> int:
     """Returns the new version number."""
     from ftpipe import task
+    from ftpipe.results import CleanDataResult, EvaluateResult, FinetuneResult, SelectModelResult
     from ftpipe.steps import register_model as step
-    from ftpipe.steps.clean_data import CleanDataResult
-    from ftpipe.steps.evaluate import EvaluateResult
-    from ftpipe.steps.finetune import FinetuneResult
-    from ftpipe.steps.select_model import SelectModelResult
 
     trained = task.read_result(model, FinetuneResult)
     lineage = step.lineage_of(

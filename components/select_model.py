@@ -17,8 +17,8 @@ def select_model(
 ) -> str:
     """Returns the name of the selected candidate."""
     from ftpipe import task
+    from ftpipe.results import CleanDataResult
     from ftpipe.steps import select_model as step
-    from ftpipe.steps.clean_data import CleanDataResult
 
     data = task.read_result(cleaned, CleanDataResult)
     result = task.run_step(

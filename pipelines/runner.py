@@ -20,9 +20,8 @@ from pathlib import Path
 from ftpipe import s3server
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import FtpipeError, StorageError
-from ftpipe.steps.evaluate import EvaluateResult
+from ftpipe.results import EvaluateResult, RegisterModelResult
 from ftpipe.steps.fingerprint_data import input_uris
-from ftpipe.steps.register_model import RegisterModelResult
 from ftpipe.storage import Storage, is_s3
 from ftpipe.task import ERROR_FILE_ENV
 from pipelines.ftpipe_pipeline import build_pipeline, task_environment

@@ -165,8 +165,10 @@ def _print_run_summary(config: PipelineConfig, result) -> None:
     table = Table(title="Test metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in ("accuracy", "f1_macro"):
-        table.add_row(name, f"{evaluation.metrics[name]:.4f}")
+    for name in config.task.metrics:
+        if name in evaluation.metrics:
+            marker = " (primary)" if name == evaluation.primary_metric else ""
+            table.add_row(name + marker, f"{evaluation.metrics[name]:.4f}")
     console.print(table)
     for reason in evaluation.reasons:
         console.print(f"  gate: {reason}")
@@ -205,16 +207,19 @@ def _registry_list(args: argparse.Namespace) -> int:
             table.add_row(name, str(len(registry.list_versions(name))))
     else:
         table = Table(title=f"Versions of {args.name}")
-        for column in ("version", "created", "accuracy", "f1_macro", "aliases"):
+        for column in ("version", "created", "task", "primary metric", "value", "aliases"):
             table.add_column(column)
         aliases = registry.list_aliases(args.name)
         for version in registry.list_versions(args.name):
-            metrics = version.metadata.get("metrics", {})
+            metadata = version.metadata
+            # Versions registered before tasks existed are text classifiers ranked by macro-F1.
+            primary = metadata.get("primary_metric", "f1_macro")
             table.add_row(
                 str(version.version),
                 str(version.created_at),
-                _fmt(metrics.get("accuracy")),
-                _fmt(metrics.get("f1_macro")),
+                metadata.get("task", "text_classification"),
+                primary,
+                _fmt(metadata.get("metrics", {}).get(primary)),
                 ", ".join(sorted(a for a, v in aliases.items() if v == version.version)),
             )
     _console().print(table)

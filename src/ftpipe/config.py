@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,11 +42,19 @@ class DataConfig(StrictModel):
     train_uri: str | None = Field(None, description="The user's own train split (instead of `uri`).")
     validation_uri: str | None = Field(None, description="The user's own validation split.")
     test_uri: str | None = Field(None, description="The user's own test split.")
-    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
-        "auto", description="File format; `auto` goes by the file extension."
+    format: Literal["auto", "csv", "jsonl", "parquet", "conll"] = Field(
+        "auto",
+        description="File format; `auto` goes by the file extension (.conll, .bio and .iob are CoNLL column files).",
     )
-    text_column: str = Field("text", description="Column holding the input text.")
-    label_column: str = Field("label", description="Column holding the label.")
+    text_column: str = Field(
+        "text", description="Column holding the input text (token_classification: the list of tokens)."
+    )
+    label_column: str = Field(
+        "label",
+        description="Column holding the target: the label (text_classification), the labels "
+        "(multi_label_classification), the score (regression, unless task.target_columns names others), the list "
+        "of tags (token_classification).",
+    )
     labels: list[str] | None = Field(
         None,
         min_length=2,
@@ -141,11 +149,15 @@ class FinetuneConfig(StrictModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     dropout: float | None = Field(None, ge=0, lt=1, description="Overrides the model's dropout when set.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing (text_classification only).")
     max_length: int = Field(128, ge=8, description="Texts are truncated to this many tokens.")
     seed: int = 42
     early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement before stopping.")
-    metric_for_best_model: Literal["f1_macro", "accuracy", "loss"] = "f1_macro"
+    metric_for_best_model: str | None = Field(
+        None,
+        description="Validation metric that early stopping watches and that picks the saved weights: one of the "
+        "task's metrics, or `loss`; None: the task's primary metric (its direction comes from the task).",
+    )
     max_train_rows: int | None = Field(None, ge=1, description="Use at most this many training rows.")
     group_by_length: bool = Field(True, description="Batch texts of similar length to cut padding.")
     # Speed. Each switch below is on by default where it leaves the results unchanged (up to float rounding).
@@ -182,12 +194,17 @@ class FinetuneConfig(StrictModel):
 class GateConfig(StrictModel):
     """When a newly trained model may be registered."""
 
-    metric: Literal["f1_macro", "accuracy"] = Field("f1_macro", description="Metric compared with production.")
-    tolerance: float = Field(
-        0.0, ge=0, le=1, description="How much worse than the production model the new one may be."
+    metric: str | None = Field(
+        None, description="Test metric compared with production: one of the task's; None: its primary metric."
     )
-    min_accuracy: float = Field(0.0, ge=0, le=1)
-    min_f1_macro: float = Field(0.0, ge=0, le=1)
+    tolerance: float = Field(
+        0.0, ge=0, description="How much worse than the production model the new one may be, in the metric's units."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Absolute bounds on test metrics, {metric: bound}: a floor for a metric where higher is "
+        "better (accuracy, f1_macro), a ceiling where lower is better (rmse, mae).",
+    )
 
 
 class RegistryConfig(StrictModel):
@@ -240,13 +257,97 @@ class ClusterConfig(StrictModel):
     step_retries: int = Field(3, ge=0, description="Retries of the steps that only talk to S3.")
 
 
-class TextClassificationTask(StrictModel):
-    """Sequence classification: binary or multi-class."""
+HIGHER, LOWER = "higher", "lower"  # which way a metric is better
 
+
+class TaskSettings(StrictModel):
+    """What every task config says about its metrics: their names and directions, and the primary one."""
+
+    metrics: ClassVar[dict[str, str]]
+    """Test and validation metric names of the task, each ``higher`` or ``lower`` (is better)."""
+    primary_metric: ClassVar[str]
+    """Early stopping and the gate use it unless the config names another."""
+
+    def direction(self, metric: str) -> str:
+        return LOWER if metric == "loss" else self.metrics[metric]
+
+
+class TextClassificationTask(TaskSettings):
+    """Sequence classification: one label per text, binary or multi-class."""
+
+    metrics: ClassVar[dict[str, str]] = {
+        name: HIGHER for name in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro")
+    }
+    primary_metric: ClassVar[str] = "f1_macro"
     type: Literal["text_classification"] = "text_classification"
 
 
-Task = Annotated[TextClassificationTask, Field(discriminator="type")]
+class MultiLabelClassificationTask(TaskSettings):
+    """Any number of labels per text (a delimited string or a JSON list in `data.label_column`)."""
+
+    metrics: ClassVar[dict[str, str]] = {
+        name: HIGHER
+        for name in ("f1_micro", "f1_macro", "subset_accuracy", "precision_micro", "recall_micro", "f1_samples")
+    }
+    primary_metric: ClassVar[str] = "f1_micro"
+    type: Literal["multi_label_classification"] = "multi_label_classification"
+    label_delimiter: str = Field(
+        "|", min_length=1, description="Separates the labels of a row given as one string (JSON lists need none)."
+    )
+    thresholds: Literal["per_label", "shared"] = Field(
+        "per_label",
+        description="Decision thresholds chosen on validation: one per label (the best F1 of each) or one shared "
+        "threshold (the best micro-F1).",
+    )
+    unseen_labels: Literal["quarantine", "drop"] = Field(
+        "quarantine",
+        description="A label (in data.labels) that never occurs in train: `quarantine` the rows that carry it, or "
+        "`drop` it from their label sets (rows left with no label are then quarantined too). Either way the report "
+        "names it.",
+    )
+
+
+class RegressionTask(TaskSettings):
+    """One or several numeric targets per text (MSE on a standardised target)."""
+
+    metrics: ClassVar[dict[str, str]] = {"rmse": LOWER, "mae": LOWER, "pearson": HIGHER, "spearman": HIGHER}
+    primary_metric: ClassVar[str] = "rmse"
+    type: Literal["regression"] = "regression"
+    target_columns: list[str] | None = Field(
+        None, min_length=1, description="Columns holding the numeric targets; None: `data.label_column` alone."
+    )
+    strata: int = Field(
+        10, ge=1, le=100, description="Quantile bins of the (first) target that the split is stratified on."
+    )
+
+
+class TokenClassificationTask(TaskSettings):
+    """A tag for every token (named entities, parts of speech): lists of tokens and tags, or CoNLL files."""
+
+    metrics: ClassVar[dict[str, str]] = {
+        name: HIGHER for name in ("f1", "precision", "recall", "token_accuracy", "f1_macro")
+    }
+    primary_metric: ClassVar[str] = "f1"
+    type: Literal["token_classification"] = "token_classification"
+    scheme: Literal["IOB2", "plain"] = Field(
+        "IOB2",
+        description="`IOB2`: B-/I- entity tags and O, scored at entity level (seqeval, strict); `plain`: one tag per "
+        "token (e.g. parts of speech), scored per token.",
+    )
+    label_all_subwords: bool = Field(
+        False,
+        description="Train on every sub-word of a token (continuations of B-X get I-X); off: the first sub-word "
+        "carries the tag and the rest are ignored by the loss.",
+    )
+    tags: list[str] | None = Field(
+        None, min_length=2, description="The tag set; rows with another tag are quarantined. None: the tags of train."
+    )
+
+
+Task = Annotated[
+    TextClassificationTask | MultiLabelClassificationTask | RegressionTask | TokenClassificationTask,
+    Field(discriminator="type"),
+]
 
 
 class PipelineConfig(StrictModel):
@@ -271,6 +372,29 @@ class PipelineConfig(StrictModel):
             raise ValueError("candidate names must be unique")
         return candidates
 
+    @model_validator(mode="after")
+    def _metrics_of_the_task(self) -> PipelineConfig:
+        known = self.task.metrics
+        named = ", ".join(known)
+        checks = [("gate.metric", self.gate.metric)]
+        checks += [("training.metric_for_best_model", self.training.metric_for_best_model)]
+        checks += [(f"gate.thresholds.{name}", name) for name in self.gate.thresholds]
+        for path, metric in checks:
+            allowed = metric in known or (metric == "loss" and path.startswith("training"))
+            if metric is not None and not allowed:
+                raise ValueError(f"{path}: {metric!r} is not a metric of task {self.task.type} (it has {named})")
+        return self
+
+    @property
+    def gate_metric(self) -> str:
+        """The test metric the gate compares with production."""
+        return self.gate.metric or self.task.primary_metric
+
+    @property
+    def best_model_metric(self) -> str:
+        """The validation metric that early stopping watches."""
+        return self.training.metric_for_best_model or self.task.primary_metric
+
     @property
     def tokenizer_source(self) -> str:
         """Tokenizer used by the cleaning length filter."""
@@ -284,8 +408,11 @@ class PipelineConfig(StrictModel):
 def _format_validation_error(source: str, error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        path = ".".join(str(part) for part in item["loc"])
         message = item["msg"]
+        if not path:  # a check across sections: its message starts with the field path
+            problems.append(message.removeprefix("Value error, "))
+            continue
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         problems.append(f"{path}: {message}")

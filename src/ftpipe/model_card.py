@@ -62,42 +62,30 @@ def _front_matter(
     dataset_name: str,
     dataset_uri: str | None,
     tags: Sequence[str],
+    pipeline_tag: str,
+    metric_names: Sequence[str],
 ) -> str:
     front: dict[str, Any] = {}
     if license:
         front["license"] = license.lower()
     front["base_model"] = base_model_source if is_hub_id(base_model_source) else base_model
     front["library_name"] = "transformers"
-    front["pipeline_tag"] = "text-classification"
-    front["tags"] = list(dict.fromkeys(["ftpipe", "text-classification", *tags]))
+    front["pipeline_tag"] = pipeline_tag
+    front["tags"] = list(dict.fromkeys(["ftpipe", pipeline_tag, *tags]))
     dataset: dict[str, Any] = {"name": dataset_name, "type": dataset_name, "split": "test"}
     if dataset_uri:
         dataset["args"] = {"uri": dataset_uri}
     results = [
-        {"type": "accuracy", "value": round(float(metrics["accuracy"]), 6), "name": "Accuracy"},
-        {
-            "type": "f1",
-            "value": round(float(metrics["f1_macro"]), 6),
-            "name": "F1 (macro)",
-            "args": {"average": "macro"},
-        },
+        {"type": name, "value": round(float(metrics[name]), 6), "name": name}
+        for name in metric_names
+        if isinstance(metrics.get(name), int | float)
     ]
-    for key, name in (("precision_macro", "Precision (macro)"), ("recall_macro", "Recall (macro)")):
-        if key in metrics:
-            results.append(
-                {
-                    "type": key.split("_")[0],
-                    "value": round(float(metrics[key]), 6),
-                    "name": name,
-                    "args": {"average": "macro"},
-                }
-            )
     front["model-index"] = [
         {
             "name": model_name,
             "results": [
                 {
-                    "task": {"type": "text-classification", "name": "Text Classification"},
+                    "task": {"type": pipeline_tag, "name": pipeline_tag.replace("-", " ").capitalize()},
                     "dataset": dataset,
                     "metrics": results,
                 }
@@ -126,8 +114,12 @@ def render_model_card(
     created_at: datetime | str | None = None,
     dataset_name: str | None = None,
     tags: Sequence[str] = (),
+    pipeline_tag: str = "text-classification",
+    summary: str = "",
+    usage: str = "",
+    metric_names: Sequence[str] = ("accuracy", "f1_macro"),
 ) -> str:
-    """The card (README.md text) of one fine-tuned text classifier.
+    """The card (README.md text) of one fine-tuned model.
 
     Args:
         model_name: registered model name.
@@ -148,6 +140,10 @@ def render_model_card(
         created_at: when (UTC); now when omitted.
         dataset_name: a short dataset name for ``model-index``; the fingerprint's first 12 characters when omitted.
         tags: extra tags for the front matter.
+        pipeline_tag: the Hugging Face task name (the task's ``pipeline_tag``).
+        summary: what the model does and how well (the task's ``card_summary``).
+        usage: Python that loads the model from ``DIRECTORY`` and predicts (the task's ``usage_snippet``).
+        metric_names: the task's test metrics, in the order to list them.
     """
     if isinstance(created_at, datetime):
         created = created_at.astimezone(UTC).isoformat(timespec="seconds")
@@ -168,13 +164,12 @@ def render_model_card(
             dataset_name=dataset,
             dataset_uri=dataset_uri,
             tags=tags,
+            pipeline_tag=pipeline_tag,
+            metric_names=metric_names,
         ),
         f"# {model_name}",
         "",
-        f"A text classifier over {len(labels)} labels ({', '.join(f'`{label}`' for label in labels)}), "
-        f"fine-tuned from `{base_model}` by the ftpipe pipeline (run `{run_id}`). "
-        f"On the held-out test split it reaches accuracy **{float(metrics['accuracy']):.4f}** and "
-        f"macro-F1 **{float(metrics['f1_macro']):.4f}**.",
+        f"Fine-tuned from `{base_model}` by the ftpipe pipeline (run `{run_id}`). {summary}".rstrip(),
         "",
         "## Lineage",
         "",
@@ -192,9 +187,9 @@ def render_model_card(
             ],
         ),
         "",
-        "## Labels",
+        "## Outputs",
         "",
-        markdown_table(["id", "label"], [[index, label] for index, label in enumerate(labels)]),
+        markdown_table(["id", "output"], [[index, label] for index, label in enumerate(labels)]),
         "",
         "## Data cleaning",
         "",
@@ -206,20 +201,17 @@ def render_model_card(
         "",
         "## Test metrics",
         "",
-        _metrics_section(metrics, labels),
+        _metrics_section(metrics, labels, metric_names),
         "",
         "## Gate",
         "",
-        _gate_section(gate, metrics),
+        _gate_section(gate, metrics, metric_names),
         "",
         "## How to use",
         "",
         "```python",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "",
-        "# DIRECTORY: where `ftpipe`'s ModelRegistry.download put this version",
-        "tokenizer = AutoTokenizer.from_pretrained(DIRECTORY)",
-        "model = AutoModelForSequenceClassification.from_pretrained(DIRECTORY)",
+        "# DIRECTORY: where ftpipe's `registry download` (ModelRegistry.download) put this version",
+        usage,
         "```",
         "",
         "## Limitations",
@@ -231,24 +223,20 @@ def render_model_card(
     return "\n".join(lines)
 
 
-def _metrics_section(metrics: Mapping[str, Any], labels: Sequence[str]) -> str:
-    overall = [["accuracy", float(metrics["accuracy"])], ["f1_macro", float(metrics["f1_macro"])]]
-    for key in ("precision_macro", "recall_macro", "f1_weighted", "n_examples"):
-        if key in metrics:
-            overall.append([key, metrics[key]])
+def _metrics_section(metrics: Mapping[str, Any], labels: Sequence[str], metric_names: Sequence[str]) -> str:
+    overall = [[key, metrics[key]] for key in (*metric_names, "n_examples") if key in metrics]
     parts = [markdown_table(["metric", "value"], overall)]
     per_class = metrics.get("per_class") or {}
     if per_class:
-        rows = []
-        for label in labels:
-            scores = per_class.get(label)
-            if scores:
-                rows.append([label, scores["precision"], scores["recall"], scores["f1"], scores["support"]])
+        rows = [
+            [label, scores["precision"], scores["recall"], scores["f1"], scores["support"]]
+            for label, scores in per_class.items()
+        ]
         parts += ["", markdown_table(["label", "precision", "recall", "F1", "support"], rows)]
     return "\n".join(parts)
 
 
-def _gate_section(gate: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> str:
+def _gate_section(gate: Mapping[str, Any] | None, metrics: Mapping[str, Any], metric_names: Sequence[str]) -> str:
     if not gate:
         return "_No gate was recorded._"
     verdict = "passed" if gate.get("passed") else "failed"
@@ -262,12 +250,17 @@ def _gate_section(gate: Mapping[str, Any] | None, metrics: Mapping[str, Any]) ->
         delta = production.get("delta") or {}
         rows = [
             [key, _value(metrics.get(key)), _value(prod_metrics.get(key)), _signed(delta.get(key))]
-            for key in ("accuracy", "f1_macro")
+            for key in metric_names
+            if key in metrics
         ]
         parts += [
             "",
             f"Compared with production version {production.get('version')} on the same test split"
-            + ("" if production.get("same_labels", True) else " (different label sets: compared on accuracy)")
+            + (
+                ""
+                if production.get("same_labels", True)
+                else f" (different outputs: compared on {production.get('compared_metric')})"
+            )
             + ":",
             "",
             markdown_table(["metric", "this model", f"production v{production.get('version')}", "delta"], rows),

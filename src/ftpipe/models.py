@@ -68,29 +68,11 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False):
         raise ModelError(f"cannot load tokenizer {source}: {_first_line(error)}") from None
 
 
-def load_classifier(
-    source: str,
-    *,
-    num_labels: int | None = None,
-    id2label: dict[int, str] | None = None,
-    trust_remote_code: bool = False,
-    **overrides,
-):
-    """Load a sequence-classification model (a new head when the checkpoint has none)."""
-    from transformers import AutoModelForSequenceClassification
-
-    kwargs = dict(overrides)
-    if id2label is not None:
-        kwargs.update(
-            num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()}
-        )
-    elif num_labels is not None:
-        kwargs["num_labels"] = num_labels
+def load_pretrained(auto_class, source: str, *, trust_remote_code: bool = False, **settings):
+    """``auto_class.from_pretrained`` with safetensors only, raising ModelError with one line when it fails."""
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
-        )
-    except Exception as error:  # noqa: BLE001
+        return auto_class.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code, **settings)
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for "cannot load"
         raise ModelError(f"cannot load model {source}: {_first_line(error)}") from None
 
 
@@ -98,10 +80,7 @@ def load_encoder(source: str, *, trust_remote_code: bool = False):
     """Load the bare encoder (no head), as used by the selection probe."""
     from transformers import AutoModel
 
-    try:
-        return AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code)
-    except Exception as error:  # noqa: BLE001
-        raise ModelError(f"cannot load model {source}: {_first_line(error)}") from None
+    return load_pretrained(AutoModel, source, trust_remote_code=trust_remote_code)
 
 
 def count_parameters(model) -> int:

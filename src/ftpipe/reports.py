@@ -10,7 +10,16 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table for a report: ``columns`` and ``rows`` of cells."""
+
+    columns: list[str]
+    rows: list[list[Any]]
 
 
 def figure_to_data_uri(figure) -> str:
@@ -66,3 +75,86 @@ def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
         "th{background:#f3f3f3}.pass{color:#176e2d;font-weight:bold}.fail{color:#b00020;font-weight:bold}"
         f"</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "</body></html>"
     )
+
+
+class Document:
+    """One report, rendered both to Markdown (report.md) and to one self-contained HTML page (report.html).
+
+    Build it section by section; every block appears in both renderings, so the two never disagree.
+    Pictures (PNG data URIs) appear in the HTML only: Markdown viewers in the KFP UI cannot show them inline.
+    """
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.intro: list[tuple[str, Any]] = []
+        self.sections: list[tuple[str, list[tuple[str, Any]]]] = []
+
+    def _blocks(self) -> list[tuple[str, Any]]:
+        return self.sections[-1][1] if self.sections else self.intro
+
+    def section(self, heading: str) -> Document:
+        self.sections.append((heading, []))
+        return self
+
+    def text(self, paragraph: str) -> Document:
+        """A paragraph of plain text (escaped in HTML; `code` spans are kept as written in Markdown)."""
+        self._blocks().append(("text", paragraph))
+        return self
+
+    def items(self, lines: Sequence[str], css: str = "") -> Document:
+        if lines:
+            self._blocks().append(("items", (list(lines), css)))
+        return self
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Document:
+        self._blocks().append(("table", (list(columns), [list(row) for row in rows])))
+        return self
+
+    def image(self, data_uri: str, alt: str) -> Document:
+        self._blocks().append(("image", (data_uri, alt)))
+        return self
+
+    def code(self, source: str, language: str = "") -> Document:
+        self._blocks().append(("code", (source, language)))
+        return self
+
+    @staticmethod
+    def _markdown_block(kind: str, value: Any) -> str | None:
+        if kind == "text":
+            return value
+        if kind == "items":
+            return "\n".join(f"- {line}" for line in value[0])
+        if kind == "table":
+            return markdown_table(*value)
+        if kind == "code":
+            return f"```{value[1]}\n{value[0]}\n```"
+        return None  # images: HTML only
+
+    @staticmethod
+    def _html_block(kind: str, value: Any) -> str:
+        if kind == "text":
+            return f"<p>{html.escape(value)}</p>"
+        if kind == "items":
+            lines, css = value
+            attribute = f" class='{css}'" if css else ""
+            return "<ul>" + "".join(f"<li{attribute}>{html.escape(line)}</li>" for line in lines) + "</ul>"
+        if kind == "table":
+            return html_table(*value)
+        if kind == "image":
+            return html_image(*value)
+        return f"<pre><code>{html.escape(value[0])}</code></pre>"
+
+    def markdown(self) -> str:
+        parts = [f"# {self.title}"]
+        for heading, blocks in [("", self.intro), *self.sections]:
+            rendered = [text for kind, value in blocks if (text := self._markdown_block(kind, value)) is not None]
+            if heading:
+                parts.append(f"## {heading}")
+            parts.extend(rendered)
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        intro = "".join(self._html_block(kind, value) for kind, value in self.intro)
+        sections = [(heading, "".join(self._html_block(k, v) for k, v in blocks)) for heading, blocks in self.sections]
+        page = html_page(self.title, sections)
+        return page.replace("</h1>\n", f"</h1>\n{intro}", 1) if intro else page

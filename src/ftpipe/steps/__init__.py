@@ -7,11 +7,8 @@ next step takes as input. Results travel between KFP tasks as JSON.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-from pydantic import BaseModel, ConfigDict
-
 from ftpipe.config import PipelineConfig
+from ftpipe.results import StepResult as StepResult  # the base of every result, as before
 from ftpipe.storage import join
 
 # In pipeline order: the five of the design, and the two data checks that let a run skip training.
@@ -30,21 +27,6 @@ STEP_NAMES = (
 TOKENIZER_LIBRARIES = ("transformers.models.auto.tokenization_auto",)
 MODEL_LIBRARIES = ("torch", "transformers.modeling_utils", "transformers.models.auto.modeling_auto")
 REPORT_LIBRARIES = ("matplotlib.pyplot",)
-
-ResultT = TypeVar("ResultT", bound="StepResult")
-
-
-class StepResult(BaseModel):
-    """Base of every step's result: frozen, JSON round-trippable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
-
-    @classmethod
-    def from_json(cls: type[ResultT], text: str) -> ResultT:
-        return cls.model_validate_json(text)
 
 
 def step_output_uri(config: PipelineConfig, run_id: str, step: str) -> str:

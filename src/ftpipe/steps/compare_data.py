@@ -12,21 +12,11 @@ import logging
 
 from ftpipe.config import PipelineConfig
 from ftpipe.registry import ModelRegistry
-from ftpipe.steps import StepResult
+from ftpipe.results import CompareDataResult
 from ftpipe.storage import Storage
 
 logger = logging.getLogger(__name__)
 PRODUCTION_ALIAS = "production"
-
-
-class CompareDataResult(StepResult):
-    """Whether to train, and why."""
-
-    changed: bool
-    fingerprint: str
-    production_version: int | None
-    production_fingerprint: str | None
-    message: str
 
 
 def run(

@@ -1,27 +1,25 @@
 """evaluate: test metrics of the fine-tuned model and the gate that decides whether it may be registered.
 
-Run it as ``run(config, test_uri, labels, model_uri, output_uri)``. It predicts the test split in batches
-(texts sorted by token count, padded per batch, under ``torch.inference_mode``), computes accuracy,
-macro-F1 and per-class precision/recall/F1/support with scikit-learn, and, when the registry's
-``production`` alias of ``config.registry.model_name`` is set, downloads that version and scores it on
-the very same rows.
+Run it as ``run(config, test_uri, labels, model_uri, output_uri)``. The task (``ftpipe.tasks``) predicts the
+test split and computes its metrics (text_classification: accuracy, macro-F1 and per-class
+precision/recall/F1/support with scikit-learn; regression: RMSE, MAE, Pearson, Spearman; ...). When the
+registry's ``production`` alias of ``config.registry.model_name`` is set, that version is downloaded and
+scored on the very same rows.
 
 The gate passes when every check passes:
 
-- ``accuracy >= gate.min_accuracy`` and ``f1_macro >= gate.min_f1_macro`` (absolute floors);
-- with a production model: ``new[gate.metric] >= production[gate.metric] - gate.tolerance``.
+- each ``gate.thresholds`` bound: a floor for a metric where higher is better, a ceiling where lower is;
+- with a production model: the new model is no worse than production by more than ``gate.tolerance`` on
+  the gate metric (``gate.metric``, else the task's primary metric), in the metric's direction.
 
-When the production model's label set differs from the new one (a label added, removed or renamed),
-per-class and macro scores of the two are not comparable, so the comparison falls back to **accuracy**
-on this test split, whatever ``gate.metric`` says: both models' predictions are matched by label name,
-and a model is simply wrong on every row whose label it cannot predict. The reasons say so. This lets a
-deliberate label change through when the new model really is right more often, instead of blocking
-every run until someone moves the alias by hand.
+When the production model's outputs differ from the new one's (a label added, removed or renamed), the task
+says which metric stays comparable (text_classification: accuracy over this test split, predictions matched
+by label name, a model being wrong on every row whose label it cannot predict), and the reasons say so.
 
 Every check, passed or failed, is one line in ``reasons`` with its numbers (``passed: ...``,
-``failed: ...``, or ``note: ...`` for context). Under ``output_uri`` it writes ``report.html`` (confusion
-matrix picture, per-class table, verdict), ``report.md``, ``report.json`` (this result) and
-``predictions.parquet`` (one row per test text, with the production model's prediction when there is one).
+``failed: ...``, or ``note: ...`` for context). Under ``output_uri`` it writes ``report.html`` (the
+task's pictures and tables, the verdict), ``report.md``, ``report.json`` (this result) and
+``predictions.parquet`` (one row per test row, with the production model's prediction when there is one).
 """
 
 from __future__ import annotations
@@ -35,14 +33,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 
 from ftpipe import models, reports
-from ftpipe.config import GateConfig, PipelineConfig
+from ftpipe.config import PipelineConfig
 from ftpipe.errors import DataError, ModelError
 from ftpipe.registry import ModelRegistry
-from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
+from ftpipe.results import EvaluateResult, ProductionComparison
+from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
+from ftpipe.steps.select_model import read_checked_split
 from ftpipe.storage import Storage, join
+from ftpipe.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -51,177 +51,29 @@ LIBRARIES = (*MODEL_LIBRARIES, *TOKENIZER_LIBRARIES, "sklearn.metrics", *REPORT_
 PRODUCTION_ALIAS = "production"
 _EPSILON = 1e-9  # float slack so that "equal to the threshold" passes
 
-
-class ProductionComparison(BaseModel):
-    """The production version scored on the same test split."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: int
-    model_uri: str
-    labels: list[str]
-    same_labels: bool
-    compared_metric: str
-    metrics: dict[str, Any]
-    delta: dict[str, float]  # new minus production, for accuracy and f1_macro
+__all__ = ["EvaluateResult", "ProductionComparison", "gate_decision", "run"]
 
 
-class EvaluateResult(StepResult):
-    """Test metrics, the gate verdict with its reasons, and where the reports are."""
-
-    model_uri: str
-    test_uri: str
-    labels: list[str]
-    metrics: dict[str, Any]  # accuracy, f1_macro, precision_macro, recall_macro, f1_weighted, n_examples, per_class
-    confusion_matrix: list[list[int]]  # rows: true label, columns: predicted label, in `labels` order
-    production: ProductionComparison | None
-    gate_metric: str
-    gate_passed: bool
-    reasons: list[str]
-    report_html_uri: str
-    report_markdown_uri: str
-    report_json_uri: str
-    predictions_uri: str
+def _predict(task: Task, model_dir: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The task's predictions of a saved model, and the model's own outputs."""
+    predictions = task.predict(model_dir, frame)
+    gc.collect()  # the model is gone: free its memory before the next one loads
+    return predictions, task.model_labels(model_dir)
 
 
-# -- data and inference ---------------------------------------------------------------------------
-
-
-def read_test_split(storage: Storage, uri: str, labels: Sequence[str]) -> pd.DataFrame:
-    """The test split (``text``, ``label``; ``label_id`` checked when present), with ``label_id`` set.
-
-    Raises:
-        DataError: unreadable, a column missing, no rows, or a label outside ``labels``.
-    """
-    with storage.local_copy(uri) as path:
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as error:  # noqa: BLE001 - pyarrow raises many types for "not parquet"
-            raise DataError(f"cannot read the test split {uri}: {_first_line(error)}") from None
-    missing = [column for column in ("text", "label") if column not in frame.columns]
-    if missing:
-        raise DataError(f"the test split {uri} lacks column(s) {', '.join(missing)}")
-    if frame.empty:
-        raise DataError(f"the test split {uri} has no rows")
-    result = pd.DataFrame({"text": frame["text"].astype(str), "label": frame["label"].astype(str)})
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(result["label"]) - set(index))
-    if unknown:
-        raise DataError(f"the test split {uri} has label(s) {unknown[:5]} outside the label set {list(labels)}")
-    result["label_id"] = result["label"].map(index).astype("int64")
-    if "label_id" in frame.columns:
-        try:
-            given = frame["label_id"].astype("int64").to_numpy()
-        except (TypeError, ValueError):
-            raise DataError(f"the test split {uri} has a label_id that is not an integer") from None
-        wrong = given != result["label_id"].to_numpy()
-        if wrong.any():
-            raise DataError(
-                f"label mismatch in the test split {uri}: {int(wrong.sum())} row(s) have a label_id that is not "
-                f"the index of their label in {list(labels)}"
-            )
-    return result.reset_index(drop=True)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
-def model_labels(model) -> list[str]:
-    """The model's labels in class-index order, from its config's ``id2label``."""
-    id2label = {int(key): str(value) for key, value in (model.config.id2label or {}).items()}
-    return [id2label.get(index, f"LABEL_{index}") for index in range(model.config.num_labels)]
-
-
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def predict_proba(model, tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int) -> np.ndarray:
-    """Class probabilities (rows in ``texts`` order), predicted in batches of similar length."""
-    import torch
-
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without a pad token
-    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each text's last token by it
-    texts = list(texts)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding per batch
-    device = _device()
-    model.to(device).eval()
-    probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
-            probabilities[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return probabilities
-
-
-def _predict_names(
-    model_dir: str, texts: Sequence[str], config: PipelineConfig
-) -> tuple[list[str], np.ndarray, list[str]]:
-    """Predicted label names, confidences and the model's own labels."""
-    tokenizer = models.load_tokenizer(model_dir)
-    model = models.load_classifier(model_dir)
-    names = model_labels(model)
-    probabilities = predict_proba(
-        model, tokenizer, texts, batch_size=config.training.eval_batch_size, max_length=config.training.max_length
-    )
-    del model
-    gc.collect()
-    best = probabilities.argmax(axis=1)
-    return [names[i] for i in best], probabilities.max(axis=1), names
-
-
-# -- metrics and the gate -------------------------------------------------------------------------
-
-
-def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro/weighted scores and per-class precision/recall/F1/support.
-
-    A prediction of ``-1`` (a label outside ``labels``) counts as wrong for its row's true class.
-    """
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-
-    indexes = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=indexes, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, labels=indexes, average="macro", zero_division=0)),
-        "precision_macro": float(np.mean(precision)),
-        "recall_macro": float(np.mean(recall)),
-        "f1_weighted": float(f1_score(y_true, y_pred, labels=indexes, average="weighted", zero_division=0)),
-        "n_examples": len(y_true),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(labels)
-        },
-    }
-
-
-def confusion(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int) -> list[list[int]]:
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(y_true, y_pred, labels=list(range(n_labels))).astype(int).tolist()
+def _scalars(task: Task, metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: float(metrics[name]) for name in task.settings.metrics if name in metrics}
 
 
 def gate_decision(
-    gate: GateConfig, metrics: dict[str, Any], production: ProductionComparison | None, model_name: str = "model"
+    config: PipelineConfig,
+    task: Task,
+    metrics: dict[str, Any],
+    production: ProductionComparison | None,
+    labels: Sequence[str] = (),
 ) -> tuple[bool, list[str]]:
     """Apply the gate; returns (passed, one line per check with its numbers)."""
+    gate, model_name = config.gate, config.registry.model_name
     reasons: list[str] = []
     passed = True
 
@@ -230,32 +82,39 @@ def gate_decision(
         passed = passed and ok
         reasons.append(("passed: " if ok else "failed: ") + text)
 
-    for metric, floor in (("accuracy", gate.min_accuracy), ("f1_macro", gate.min_f1_macro)):
+    for metric, bound in gate.thresholds.items():
         value = float(metrics[metric])
-        ok = value + _EPSILON >= floor
-        check(ok, f"{metric} {value:.4f} {'>=' if ok else '<'} min_{metric} {floor:.4f}")
+        if task.higher_is_better(metric):
+            ok = value + _EPSILON >= bound
+            check(ok, f"{metric} {value:.4f} {'>=' if ok else '<'} threshold {bound:.4f}")
+        else:
+            ok = value - _EPSILON <= bound
+            check(ok, f"{metric} {value:.4f} {'<=' if ok else '>'} threshold {bound:.4f}")
     if production is None:
         check(True, f"no production version of '{model_name}' (alias '{PRODUCTION_ALIAS}' unset): nothing to beat")
         return passed, reasons
+    metric = production.compared_metric
     if not production.same_labels:
         reasons.append(
-            f"note: production v{production.version} has labels {production.labels}, this model "
-            f"{list(metrics['per_class'])}: compared on accuracy over this test split (a model is wrong on every "
-            f"row whose label it cannot predict), not on {gate.metric}"
+            f"note: production v{production.version} has outputs {production.labels}, this model "
+            f"{list(labels)}: compared on {metric} over this test split (a model is wrong on "
+            f"every row whose label it cannot predict), not on {config.gate_metric}"
         )
-    metric = production.compared_metric
     new, old = float(metrics[metric]), float(production.metrics[metric])
-    threshold = old - gate.tolerance
-    ok = new + _EPSILON >= threshold
+    if task.higher_is_better(metric):
+        threshold = old - gate.tolerance
+        ok = new + _EPSILON >= threshold
+        relation, sign = (">=" if ok else "<"), "-"
+    else:
+        threshold = old + gate.tolerance
+        ok = new - _EPSILON <= threshold
+        relation, sign = ("<=" if ok else ">"), "+"
     check(
         ok,
-        f"{metric} {new:.4f} {'>=' if ok else '<'} production v{production.version} {metric} {old:.4f} "
-        f"- tolerance {gate.tolerance:.4f} = {threshold:.4f} (delta {new - old:+.4f})",
+        f"{metric} {new:.4f} {relation} production v{production.version} {metric} {old:.4f} "
+        f"{sign} tolerance {gate.tolerance:.4f} = {threshold:.4f} (delta {new - old:+.4f})",
     )
     return passed, reasons
-
-
-# -- the step -------------------------------------------------------------------------------------
 
 
 def run(
@@ -271,64 +130,60 @@ def run(
 
     Raises:
         DataError: the test split is unreadable or does not fit ``labels``.
-        ModelError: a model cannot be loaded, or the new model's labels are not ``labels``.
+        ModelError: a model cannot be loaded, or the new model's outputs are not ``labels``.
         RegistryError: the production version cannot be read from the registry.
     """
     storage = storage or Storage(config.storage)
     registry = registry or ModelRegistry(storage, config.registry.uri)
+    task = get_task(config)
     labels = [str(label) for label in labels]
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise DataError(f"need at least two distinct labels, got {labels}")
-    test = read_test_split(storage, test_uri, labels)
-    texts = test["text"].tolist()
-    y_true = test["label_id"].to_numpy()
-    index = {label: i for i, label in enumerate(labels)}
+    if not labels or len(set(labels)) != len(labels):
+        raise DataError(f"need distinct model outputs, got {labels}")
+    test = read_checked_split(storage, test_uri, "test", task, labels)
 
     logger.info("evaluating %s on %d test rows", model_uri, len(test))
-    predicted, confidence, new_labels = _predict_names(models.resolve_source(model_uri, storage), texts, config)
+    predictions, new_labels = _predict(task, models.resolve_source(model_uri, storage), test)
     if set(new_labels) != set(labels):
-        raise ModelError(
-            f"the model at {model_uri} predicts labels {new_labels}, but the test split's labels are {labels}"
-        )
-    y_pred = np.array([index[name] for name in predicted])
-    metrics = compute_metrics(y_true, y_pred, labels)
-    matrix = confusion(y_true, y_pred, len(labels))
+        raise ModelError(f"the model at {model_uri} predicts {new_labels}, but the test split's outputs are {labels}")
+    metrics = task.test_metrics(test, predictions, labels)
+    matrix = task.confusion(test, predictions, labels)
+    table = test.assign(**task.prediction_columns(predictions))
 
-    predictions = test.assign(
-        predicted=predicted, predicted_id=y_pred, confidence=confidence.astype(float), correct=y_pred == y_true
-    )
     production = None
     found = registry.resolve_alias(config.registry.model_name, PRODUCTION_ALIAS)
     if found is not None:
         logger.info("scoring production version %d of %s on the same rows", found.version, found.name)
         with tempfile.TemporaryDirectory(prefix="ftpipe-production-") as scratch:
             registry.download(found.name, found.version, scratch)
-            prod_names, _, prod_labels = _predict_names(scratch, texts, config)
-        prod_pred = np.array([index.get(name, -1) for name in prod_names])
-        prod_metrics = compute_metrics(y_true, prod_pred, labels)
+            prod_predictions, prod_labels = _predict(task, scratch, test)
+        prod_metrics = task.test_metrics(test, prod_predictions, labels)
         same = set(prod_labels) == set(labels)
+        new_scalars, prod_scalars = _scalars(task, metrics), _scalars(task, prod_metrics)
         production = ProductionComparison(
             version=found.version,
             model_uri=found.model_uri,
             labels=prod_labels,
             same_labels=same,
-            compared_metric=config.gate.metric if same else "accuracy",
+            compared_metric=task.comparison_metric(config.gate_metric, same),
             metrics=prod_metrics,
-            delta={key: metrics[key] - prod_metrics[key] for key in ("accuracy", "f1_macro")},
+            delta={key: new_scalars[key] - prod_scalars[key] for key in new_scalars if key in prod_scalars},
         )
-        predictions = predictions.assign(production_predicted=prod_names, production_correct=prod_pred == y_true)
+        prod_columns = task.prediction_columns(prod_predictions)
+        table = table.assign(**{f"production_{name}": values for name, values in prod_columns.items()})
 
-    passed, reasons = gate_decision(config.gate, metrics, production, config.registry.model_name)
+    passed, reasons = gate_decision(config, task, metrics, production, labels)
     logger.info("gate %s: %s", "passed" if passed else "failed", "; ".join(reasons))
 
     result = EvaluateResult(
         model_uri=model_uri,
         test_uri=test_uri,
+        task=config.task.type,
         labels=labels,
+        primary_metric=task.primary_metric,
         metrics=metrics,
         confusion_matrix=matrix,
         production=production,
-        gate_metric=production.compared_metric if production else config.gate.metric,
+        gate_metric=production.compared_metric if production else config.gate_metric,
         gate_passed=passed,
         reasons=reasons,
         report_html_uri=join(output_uri, "report.html"),
@@ -337,40 +192,28 @@ def run(
         predictions_uri=join(output_uri, "predictions.parquet"),
     )
     buffer = io.BytesIO()
-    predictions.to_parquet(buffer, index=False)
+    table.to_parquet(buffer, index=False)
     storage.write_bytes(result.predictions_uri, buffer.getvalue(), content_type="application/vnd.apache.parquet")
     storage.write_bytes(result.report_json_uri, result.to_json().encode("utf-8"), content_type="application/json")
-    storage.write_text(result.report_markdown_uri, render_markdown(result), content_type="text/markdown; charset=utf-8")
-    storage.write_text(result.report_html_uri, render_html(result), content_type="text/html; charset=utf-8")
+    document = report_document(result, task)
+    storage.write_text(result.report_markdown_uri, document.markdown(), content_type="text/markdown; charset=utf-8")
+    storage.write_text(result.report_html_uri, document.html(), content_type="text/html; charset=utf-8")
     return result
 
 
 # -- reports --------------------------------------------------------------------------------------
 
 
-def _comparison_rows(result: EvaluateResult) -> tuple[list[str], list[list[Any]]]:
-    keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
+def _comparison_table(result: EvaluateResult, task: Task) -> reports.Table:
+    keys = [name for name in task.settings.metrics if name in result.metrics]
     if result.production is None:
-        return ["metric", "this model"], [[key, result.metrics[key]] for key in keys]
+        return reports.Table(["metric", "this model"], [[key, result.metrics[key]] for key in keys])
     prod = result.production
-    return (
+    return reports.Table(
         ["metric", "this model", f"production v{prod.version}", "delta"],
-        [[key, result.metrics[key], prod.metrics[key], result.metrics[key] - prod.metrics[key]] for key in keys],
+        [[key, result.metrics[key], prod.metrics.get(key, float("nan")), prod.delta.get(key, float("nan"))]
+         for key in keys],
     )
-
-
-def _per_class_rows(result: EvaluateResult) -> tuple[list[str], list[list[Any]]]:
-    columns = ["label", "precision", "recall", "F1", "support"]
-    if result.production is not None:
-        columns.append(f"F1 production v{result.production.version}")
-    rows = []
-    for label in result.labels:
-        scores = result.metrics["per_class"][label]
-        row: list[Any] = [label, scores["precision"], scores["recall"], scores["f1"], scores["support"]]
-        if result.production is not None:
-            row.append(result.production.metrics["per_class"][label]["f1"])
-        rows.append(row)
-    return columns, rows
 
 
 def _verdict(result: EvaluateResult) -> str:
@@ -403,58 +246,22 @@ def confusion_figure(labels: Sequence[str], matrix: list[list[int]]) -> str:
     return reports.figure_to_data_uri(figure)
 
 
-def render_markdown(result: EvaluateResult) -> str:
-    columns, rows = _comparison_rows(result)
-    class_columns, class_rows = _per_class_rows(result)
-    matrix_rows = [[label, *counts] for label, counts in zip(result.labels, result.confusion_matrix, strict=True)]
-    return "\n".join(
-        [
-            "# Evaluation",
-            "",
-            f"Gate **{_verdict(result)}** (metric `{result.gate_metric}`), model `{result.model_uri}`, "
-            f"{result.metrics['n_examples']} test rows from `{result.test_uri}`.",
-            "",
-            *[f"- {reason}" for reason in result.reasons],
-            "",
-            "## Metrics",
-            "",
-            reports.markdown_table(columns, rows),
-            "",
-            "## Per class",
-            "",
-            reports.markdown_table(class_columns, class_rows),
-            "",
-            "## Confusion matrix (rows: true, columns: predicted)",
-            "",
-            reports.markdown_table(["true \\ predicted", *result.labels], matrix_rows),
-            "",
-        ]
+def report_document(result: EvaluateResult, task: Task) -> reports.Document:
+    """report.md and report.html, from one document."""
+    document = reports.Document("Evaluation")
+    document.section("Verdict").text(
+        f"Gate {_verdict(result)} (metric `{result.gate_metric}`), model `{result.model_uri}`, "
+        f"{result.metrics['n_examples']} test rows from `{result.test_uri}`."
     )
-
-
-def render_html(result: EvaluateResult) -> str:
-    import html
-
-    columns, rows = _comparison_rows(result)
-    class_columns, class_rows = _per_class_rows(result)
-    css = "pass" if result.gate_passed else "fail"
-    reasons = "".join(
-        f"<li class='{'fail' if reason.startswith('failed') else ''}'>{html.escape(reason)}</li>"
-        for reason in result.reasons
-    )
-    verdict = (
-        f"<p>Gate: <span class='{css}'>{_verdict(result)}</span> (metric <code>{html.escape(result.gate_metric)}"
-        f"</code>) for <code>{html.escape(result.model_uri)}</code> on {result.metrics['n_examples']} test rows "
-        f"from <code>{html.escape(result.test_uri)}</code>.</p><ul>{reasons}</ul>"
-    )
-    matrix_rows = [[label, *counts] for label, counts in zip(result.labels, result.confusion_matrix, strict=True)]
-    picture = reports.html_image(confusion_figure(result.labels, result.confusion_matrix), "confusion matrix")
-    return reports.html_page(
-        "Evaluation",
-        [
-            ("Verdict", verdict),
-            ("Metrics", reports.html_table(columns, rows)),
-            ("Confusion matrix", picture + reports.html_table(["true \\ predicted", *result.labels], matrix_rows)),
-            ("Per class", reports.html_table(class_columns, class_rows)),
-        ],
-    )
+    document.items(result.reasons)
+    comparison = _comparison_table(result, task)
+    document.section("Metrics").table(comparison.columns, comparison.rows)
+    if result.confusion_matrix:
+        document.section("Confusion matrix (rows: true, columns: predicted)")
+        document.image(confusion_figure(result.labels, result.confusion_matrix), "confusion matrix")
+        rows = [[label, *counts] for label, counts in zip(result.labels, result.confusion_matrix, strict=True)]
+        document.table(["true \\ predicted", *result.labels], rows)
+    production = result.production.metrics if result.production else None
+    for title, table in task.metric_tables(result.metrics, production):
+        document.section(title).table(table.columns, table.rows)
+    return document

@@ -28,37 +28,33 @@ candidate=name)``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
-import re
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from ftpipe import models, reports
 from ftpipe.config import CandidateConfig, FinetuneConfig, PipelineConfig
 from ftpipe.errors import ConfigError, ModelError
-from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
+from ftpipe.results import CandidateScore, FinetuneResult
+from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
 from ftpipe.steps.select_model import (
-    CandidateScore,
     available_cpus,
     candidate_license,
-    check_split,
     ensure_pad_token,
     find_candidate,
-    read_split,
-    stratified_sample,
+    read_checked_split,
 )
-from ftpipe.storage import Storage, is_s3, join, local_path
+from ftpipe.storage import Storage, join
+from ftpipe.tasks import Task, get_task
+from ftpipe.tasks.base import stratified_sample
+from ftpipe.training import metric_keys
+from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints
 
-if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module for FinetuneResult stays light
+if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module stays light
     from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -72,9 +68,7 @@ LIBRARIES = (
     *REPORT_LIBRARIES,
 )
 
-MIRROR_MARKER = "ftpipe-checkpoint-complete.json"
 SAVE_TOTAL_LIMIT = 2  # the newest checkpoint (to resume) and the best one (to load at the end)
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 # Config attributes that hold a dropout probability, across model families (BERT/RoBERTa/ELECTRA/DeBERTa,
 # DistilBERT, BART, GPT-2, T5, Llama-like). ``training.dropout`` overrides every one a model has.
@@ -94,27 +88,6 @@ DROPOUT_ATTRIBUTES = (
     "summary_first_dropout",
     "dropout_rate",
 )
-
-
-class FinetuneResult(StepResult):
-    """Where the fine-tuned model is and how its training went."""
-
-    model_uri: str
-    base_model_name: str
-    base_model_source: str
-    labels: list[str]
-    num_parameters: int
-    best_metric_name: str  # the validation metric that chose the saved weights (training.metric_for_best_model)
-    best_metric_value: float
-    epochs_trained: float
-    global_steps: int
-    train_seconds: float
-    train_examples_per_second: float
-    stopped_early: bool
-    resumed_from_checkpoint: str | None
-    log_uri: str
-    report_html_uri: str
-    report_markdown_uri: str
 
 
 # -- small pure helpers -------------------------------------------------------------------------
@@ -189,185 +162,11 @@ def dropout_overrides(model_config: Any, dropout: float | None) -> dict[str, flo
     return found
 
 
-def compute_metrics(eval_prediction) -> dict[str, float]:
-    """Accuracy and macro-F1 of the argmax predictions (scikit-learn)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    logits = eval_prediction.predictions
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    predicted = np.asarray(logits).argmax(axis=-1)
-    references = np.asarray(eval_prediction.label_ids)
-    return {
-        "accuracy": float(accuracy_score(references, predicted)),
-        "f1_macro": float(f1_score(references, predicted, average="macro", zero_division=0)),
-    }
-
-
-def _relative(uri: str, prefix_uri: str) -> str:
-    base = prefix_uri.rstrip("/") + "/" if is_s3(prefix_uri) else str(local_path(prefix_uri)).rstrip("/") + "/"
-    return uri[len(base) :] if uri.startswith(base) else uri
-
-
-def mirrored_checkpoints(storage: Storage, prefix_uri: str) -> dict[int, str]:
-    """``{global_step: uri}`` of the complete checkpoints mirrored under ``prefix_uri``."""
-    found = {}
-    for uri in storage.list(prefix_uri):
-        parts = _relative(uri, prefix_uri).split("/")
-        match = _CHECKPOINT_NAME.fullmatch(parts[0])
-        if len(parts) == 2 and parts[1] == MIRROR_MARKER and match:
-            found[int(match.group(1))] = join(prefix_uri, parts[0])
-    return found
-
-
-def _delete_prefix(storage: Storage, prefix_uri: str, first: str | None = None) -> None:
-    """Delete every object under a prefix (``first`` before the rest, so a marker goes before its files)."""
-    objects = storage.list(prefix_uri)
-    if first is not None:
-        objects.sort(key=lambda uri: not uri.endswith("/" + first))
-    for uri in objects:
-        storage.delete(uri)
-    if not is_s3(prefix_uri):
-        shutil.rmtree(local_path(prefix_uri), ignore_errors=True)
-
-
-# -- callbacks ----------------------------------------------------------------------------------
-# Trainer callbacks subclass transformers.TrainerCallback, and importing transformers' Trainer costs seconds (torch,
-# accelerate, datasets). The evaluate and register_model tasks import this module only for FinetuneResult, so the
-# callback classes are built on first use: `finetune.CheckpointMirror` and `finetune.ProgressLog` still work.
-
-_LAZY_CALLBACKS = ("CheckpointMirror", "ProgressLog")
-
-
-@functools.cache
-def _callback_classes() -> dict[str, type]:
-    from transformers import TrainerCallback
-
-    class CheckpointMirror(TrainerCallback):
-        """After each save, copy the new checkpoint to ``prefix_uri`` and drop the ones the Trainer rotated away."""
-
-        def __init__(self, storage: Storage, prefix_uri: str) -> None:
-            self.storage = storage
-            self.prefix_uri = prefix_uri
-
-        def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if not local.is_dir():
-                return
-            started = time.perf_counter()
-            target = join(self.prefix_uri, local.name)
-            self.storage.upload_dir(local, target)
-            marker = {"global_step": state.global_step, "epoch": state.epoch}
-            self.storage.write_json(join(target, MIRROR_MARKER), marker)
-            kept = {path.name for path in Path(args.output_dir).glob("checkpoint-*")}
-            for step, uri in mirrored_checkpoints(self.storage, self.prefix_uri).items():
-                if f"checkpoint-{step}" not in kept:
-                    _delete_prefix(self.storage, uri, first=MIRROR_MARKER)
-            logger.info("mirrored %s to %s (%.1f s)", local.name, target, time.perf_counter() - started)
-
-    class ProgressLog(TrainerCallback):
-        """Concise progress lines in the step's log (the Trainer's own progress bar is turned off)."""
-
-        def __init__(self) -> None:
-            self._started = time.perf_counter()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._started = time.perf_counter()
-            resumed = f", resuming at step {state.global_step}" if state.global_step else ""
-            logger.info(
-                "training %d steps over %g epoch(s), batch %d x %d accumulation%s",
-                state.max_steps,
-                args.num_train_epochs,
-                args.per_device_train_batch_size,
-                args.gradient_accumulation_steps,
-                resumed,
-            )
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            elapsed = time.perf_counter() - self._started
-            if "loss" in logs:
-                logger.info(
-                    "step %d/%d  epoch %.2f  loss %.4f  lr %.2e  %.0f s",
-                    state.global_step,
-                    state.max_steps,
-                    state.epoch or 0.0,
-                    logs["loss"],
-                    logs.get("learning_rate", float("nan")),
-                    elapsed,
-                )
-            elif "eval_loss" in logs:
-                logger.info(
-                    "epoch %.2f validation: loss %.4f  accuracy %.4f  macro-F1 %.4f",
-                    state.epoch or 0.0,
-                    logs["eval_loss"],
-                    logs.get("eval_accuracy", float("nan")),
-                    logs.get("eval_f1_macro", float("nan")),
-                )
-
-        def on_train_end(self, args, state, control, **kwargs):
-            logger.info(
-                "training ended at step %d/%d, epoch %.2f, best %s %s",
-                state.global_step,
-                state.max_steps,
-                state.epoch or 0.0,
-                args.metric_for_best_model,
-                state.best_metric,
-            )
-
-    classes = {"CheckpointMirror": CheckpointMirror, "ProgressLog": ProgressLog}
-    for cls in classes.values():
-        cls.__module__, cls.__qualname__ = __name__, cls.__name__
-    return classes
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_CALLBACKS:
-        return _callback_classes()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # -- steps of the step --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Restored:
-    """A mirrored checkpoint downloaded to resume from."""
-
-    path: Path
-    uri: str
-    global_step: int
-    epoch: float
-    stop_decided: bool  # early stopping had already ended training when this checkpoint was saved
-
-
-def _restore_checkpoints(storage: Storage, prefix_uri: str, directory: Path) -> _Restored | None:
-    """Download the complete mirrored checkpoints into ``directory``; the newest one, or None when there are none."""
-    mirrored = mirrored_checkpoints(storage, prefix_uri)
-    if not mirrored:
-        return None
-    for step, uri in sorted(mirrored.items()):
-        storage.download_dir(uri, directory / f"checkpoint-{step}")
-    newest_step = max(mirrored)
-    newest = directory / f"checkpoint-{newest_step}"
-    # The Trainer recorded the best checkpoint as an absolute path on the old pod: point it here.
-    state_file = newest / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    best = state.get("best_model_checkpoint")
-    if best:
-        here = directory / Path(best).name
-        state["best_model_checkpoint"] = str(here) if here.is_dir() else None
-        state_file.write_text(json.dumps(state, indent=2))
-    control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
-    stop_decided = bool((control.get("args") or {}).get("should_training_stop"))
-    logger.info("resuming from %s (step %d)", mirrored[newest_step], newest_step)
-    return _Restored(newest, mirrored[newest_step], newest_step, float(state.get("epoch") or 0.0), stop_decided)
-
-
-def _load_model(candidate: CandidateConfig, resolved: str, labels: list[str], training: FinetuneConfig):
-    """The candidate with a new classification head, dropout overridden where asked."""
+def _load_model(task: Task, candidate: CandidateConfig, resolved: str, head: dict[str, Any], training: FinetuneConfig):
+    """The candidate with the task's new head, dropout overridden where asked."""
     from transformers import AutoConfig
 
     try:
@@ -378,11 +177,11 @@ def _load_model(candidate: CandidateConfig, resolved: str, labels: list[str], tr
     if training.dropout is not None and not overrides:
         logger.warning("training.dropout is set but %s has no known dropout setting; left as is", candidate.name)
     load = functools.partial(
-        models.load_classifier,
+        task.load_model,
         resolved,
-        id2label=dict(enumerate(labels)),
         trust_remote_code=candidate.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint that already has a head of another size gets a new one
+        **head,
         **overrides,
     )
     if training.attention == "auto":
@@ -399,25 +198,18 @@ def _load_model(candidate: CandidateConfig, resolved: str, labels: list[str], tr
     return load()
 
 
-def _tokenize(frame, tokenizer, max_length: int):
-    """A ``datasets.Dataset`` of token ids (unpadded) and ``labels``, tokenized once, in batches."""
-    import datasets
-
-    dataset = datasets.Dataset.from_dict({"text": frame["text"].tolist(), "labels": frame["label_id"].tolist()})
-    return dataset.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
-        batched=True,
-        remove_columns=["text"],
-        keep_in_memory=True,
-    )
-
-
 def _training_arguments(
-    training: FinetuneConfig, output_dir: Path, train_rows: int, max_steps: int = -1, batch_size: int | None = None
+    config: PipelineConfig,
+    task: Task,
+    output_dir: Path,
+    train_rows: int,
+    max_steps: int = -1,
+    batch_size: int | None = None,
 ):
     import torch
     from transformers import TrainingArguments
 
+    training = config.training
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     batch_size = batch_size or training.batch_size
@@ -442,8 +234,8 @@ def _training_arguments(
         logging_steps=max(1, steps_per_epoch // 10),  # about ten points per epoch on the loss curve
         logging_first_step=True,
         load_best_model_at_end=True,
-        metric_for_best_model=training.metric_for_best_model,
-        greater_is_better=training.metric_for_best_model != "loss",
+        metric_for_best_model=config.best_model_metric,
+        greater_is_better=task.higher_is_better(config.best_model_metric),
         save_total_limit=SAVE_TOTAL_LIMIT,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
         report_to=[],
@@ -482,16 +274,16 @@ def _device_batch_size(training: FinetuneConfig, model: Any, num_parameters: int
 
 
 def _model_card(
-    candidate: CandidateConfig, license_id: str | None, labels: list[str], metric: str, value: float
+    task: Task, candidate: CandidateConfig, license_id: str | None, labels: list[str], metric: str, value: float
 ) -> str:
     front = ["---"]
     if license_id:
         front.append(f"license: {license_id}")
-    front += ["library_name: transformers", "pipeline_tag: text-classification", "tags:", "- ftpipe", "---"]
+    front += ["library_name: transformers", f"pipeline_tag: {task.pipeline_tag}", "tags:", "- ftpipe", "---"]
     body = [
         f"# {candidate.name}, fine-tuned by ftpipe",
         "",
-        f"Base model: `{candidate.source}`. Labels (class-index order): {', '.join(labels)}.",
+        f"Base model: `{candidate.source}`. Outputs, in order: {', '.join(labels)}.",
         f"Best validation {metric}: {value:.4f}.",
     ]
     return "\n".join(front + [""] + body) + "\n"
@@ -531,7 +323,6 @@ def run(
     import datasets
     import torch
     from transformers import (
-        DataCollatorWithPadding,
         EarlyStoppingCallback,
         PrinterCallback,
         Trainer,
@@ -539,27 +330,28 @@ def run(
     )
     from transformers.utils import logging as transformers_logging
 
+    from ftpipe.training.callbacks import CheckpointMirror, ProgressLog
+
     # Progress bars become carriage-return noise in pod logs; ProgressLog reports progress instead.
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()
 
     storage = storage or Storage(config.storage)
     training = config.training
+    task = get_task(config)
     labels = list(labels)
     chosen = find_candidate(config, candidate if isinstance(candidate, str) else candidate.name)
 
-    train = read_split(storage, train_uri, "train")
-    validation = read_split(storage, validation_uri, "validation")
-    check_split(train, labels, "train")
-    check_split(validation, labels, "validation")
+    train = read_checked_split(storage, train_uri, "train", task, labels)
+    validation = read_checked_split(storage, validation_uri, "validation", task, labels)
     if training.max_train_rows is not None:
-        train = stratified_sample(train, training.max_train_rows, training.seed)
+        train = stratified_sample(train, training.max_train_rows, training.seed, task.strata(train))
 
     resolved = models.resolve_source(chosen.source, storage)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=chosen.trust_remote_code)
     ensure_pad_token(tokenizer)
     set_seed(training.seed)  # before the model: the new head's initial weights come from this seed
-    model = _load_model(chosen, resolved, labels, training)
+    model = _load_model(task, chosen, resolved, task.head_settings(labels, train), training)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     num_parameters = models.count_parameters(model)
@@ -568,8 +360,8 @@ def run(
         torch.set_num_threads(training.cpu_threads or available_cpus())
     batch_size = _device_batch_size(training, model, num_parameters) if cuda else training.batch_size
 
-    train_dataset = _tokenize(train, tokenizer, training.max_length)
-    validation_dataset = _tokenize(validation, tokenizer, training.max_length)
+    train_dataset = task.dataset(train, tokenizer, training.max_length, model.config)
+    validation_dataset = task.dataset(validation, tokenizer, training.max_length, model.config)
     logger.info(
         "fine-tuning %s (%s parameters) on %d train / %d validation rows, %d labels",
         chosen.name,
@@ -583,24 +375,24 @@ def run(
     with tempfile.TemporaryDirectory(prefix="ftpipe-finetune-", dir=work_dir) as scratch:
         checkpoint_dir = Path(scratch) / "checkpoints"
         checkpoint_dir.mkdir()
-        restored = _restore_checkpoints(storage, mirror_uri, checkpoint_dir)
+        restored = restore_checkpoints(storage, mirror_uri, checkpoint_dir)
         start_epoch = restored.epoch if restored else 0.0
         # When early stopping had already ended training, stop where it did (the Trainer would train on).
         max_steps = restored.global_step if restored and restored.stop_decided else -1
 
         trainer = Trainer(
             model=model,
-            args=_training_arguments(training, checkpoint_dir, len(train_dataset), max_steps, batch_size),
+            args=_training_arguments(config, task, checkpoint_dir, len(train_dataset), max_steps, batch_size),
             train_dataset=train_dataset,
             eval_dataset=validation_dataset,
             # pads each batch to its own longest text (to a multiple of 8 on a GPU, the tensor cores' tile)
-            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
+            data_collator=task.collator(tokenizer, pad_to_multiple_of=8 if cuda else None),
             processing_class=tokenizer,
-            compute_metrics=compute_metrics,
+            compute_metrics=task.compute_metrics(model.config),
             callbacks=[
-                _callback_classes()["CheckpointMirror"](storage, mirror_uri),
+                CheckpointMirror(storage, mirror_uri),
                 EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience),
-                _callback_classes()["ProgressLog"](),
+                ProgressLog(),
                 *callbacks,
             ],
         )
@@ -611,7 +403,7 @@ def run(
         train_seconds = time.perf_counter() - started
         state = trainer.state
 
-        metric_name = training.metric_for_best_model
+        metric_name = config.best_model_metric
         best_value = state.best_metric
         if best_value is None:  # no evaluation ran (cannot happen with per-epoch evaluation; kept safe)
             evaluations = [entry for entry in state.log_history if f"eval_{metric_name}" in entry]
@@ -620,13 +412,14 @@ def run(
         epochs_trained = float(state.epoch or 0.0)
         examples = max(0.0, epochs_trained - start_epoch) * len(train_dataset)
 
+        notes = task.finalize(trainer, validation_dataset)  # the best weights are loaded: fit what validation picks
         model_dir = Path(scratch) / "model"
         # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
         trainer.model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         license_id = candidate_license(chosen, resolved)
         (model_dir / "README.md").write_text(
-            _model_card(chosen, license_id, labels, metric_name, best_value), encoding="utf-8"
+            _model_card(task, chosen, license_id, labels, metric_name, best_value), encoding="utf-8"
         )
         model_uri = join(output_uri, "model")
         storage.upload_dir(model_dir, model_uri)
@@ -645,6 +438,7 @@ def run(
             train_examples_per_second=round(examples / train_seconds, 3) if train_seconds > 0 else 0.0,
             stopped_early=state.global_step < state.max_steps or bool(restored and restored.stop_decided),
             resumed_from_checkpoint=restored.uri if restored else None,
+            notes=notes,
         )
         log_history = list(state.log_history)
         best_step = state.best_global_step
@@ -655,9 +449,10 @@ def run(
         "html": join(output_uri, "report.html"),
     }
     storage.write_json(uris["log"], log_history)
-    storage.write_text(uris["md"], _markdown(result_fields, log_history), content_type="text/markdown")
-    storage.write_text(uris["html"], _html(result_fields, log_history, best_step), content_type="text/html")
-    _delete_prefix(storage, mirror_uri)  # everything is written: the preemption checkpoints are no longer needed
+    document = _document(result_fields, log_history, best_step)
+    storage.write_text(uris["md"], document.markdown(), content_type="text/markdown")
+    storage.write_text(uris["html"], document.html(), content_type="text/html")
+    delete_prefix(storage, mirror_uri)  # everything is written: the preemption checkpoints are no longer needed
     result = FinetuneResult(
         **result_fields, log_uri=uris["log"], report_html_uri=uris["html"], report_markdown_uri=uris["md"]
     )
@@ -687,35 +482,14 @@ def _evaluations(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [entry for entry in log_history if "eval_loss" in entry]
 
 
-def _evaluation_rows(log_history: list[dict[str, Any]]) -> list[list[object]]:
-    return [
-        [
-            f"{entry.get('epoch', 0.0):.2f}",
-            entry.get("step", ""),
-            entry["eval_loss"],
-            entry.get("eval_accuracy", float("nan")),
-            entry.get("eval_f1_macro", float("nan")),
-        ]
-        for entry in _evaluations(log_history)
+def _evaluation_table(log_history: list[dict[str, Any]]) -> reports.Table:
+    evaluations = _evaluations(log_history)
+    keys = metric_keys(evaluations[-1]) if evaluations else {"eval_loss": "loss"}
+    rows = [
+        [f"{entry.get('epoch', 0.0):.2f}", entry.get("step", ""), *(entry.get(key, float("nan")) for key in keys)]
+        for entry in evaluations
     ]
-
-
-_EVALUATION_COLUMNS = ("epoch", "step", "validation loss", "accuracy", "macro-F1")
-
-
-def _markdown(fields: dict[str, Any], log_history: list[dict[str, Any]]) -> str:
-    return "\n".join(
-        [
-            "# Fine-tuning",
-            "",
-            reports.markdown_table(("", "value"), _summary_rows(fields)),
-            "",
-            "## Validation per epoch",
-            "",
-            reports.markdown_table(_EVALUATION_COLUMNS, _evaluation_rows(log_history)),
-            "",
-        ]
-    )
+    return reports.Table(["epoch", "step", *(f"validation {name}" for name in keys.values())], rows)
 
 
 def _loss_chart(log_history: list[dict[str, Any]]) -> str:
@@ -737,8 +511,9 @@ def _metric_chart(log_history: list[dict[str, Any]], metric: str, best_step: int
     figure, axes = reports.new_figure()
     evaluations = _evaluations(log_history)
     epochs = [entry.get("epoch", 0.0) for entry in evaluations]
-    for key, label, color in (("eval_accuracy", "accuracy", "#246"), ("eval_f1_macro", "macro-F1", "#c60")):
-        axes.plot(epochs, [entry.get(key, float("nan")) for entry in evaluations], "o-", label=label, color=color)
+    keys = {key: name for key, name in (metric_keys(evaluations[-1]) if evaluations else {}).items() if name != "loss"}
+    for key, name in keys.items():
+        axes.plot(epochs, [entry.get(key, float("nan")) for entry in evaluations], "o-", label=name)
     chosen = [entry.get("epoch", 0.0) for entry in evaluations if best_step and entry.get("step") == best_step]
     if chosen:
         axes.axvline(chosen[0], color="#888", linestyle="--", label=f"saved (best {metric})")
@@ -749,19 +524,14 @@ def _metric_chart(log_history: list[dict[str, Any]], metric: str, best_step: int
     return reports.figure_to_data_uri(figure)
 
 
-def _html(fields: dict[str, Any], log_history: list[dict[str, Any]], best_step: int | None) -> str:
-    return reports.html_page(
-        f"Fine-tuning {fields['base_model_name']}",
-        [
-            ("Summary", reports.html_table(("", "value"), _summary_rows(fields))),
-            ("Loss", reports.html_image(_loss_chart(log_history), "training and validation loss per step")),
-            (
-                "Validation metrics",
-                reports.html_image(
-                    _metric_chart(log_history, fields["best_metric_name"], best_step),
-                    "validation metrics per epoch",
-                ),
-            ),
-            ("Validation per epoch", reports.html_table(_EVALUATION_COLUMNS, _evaluation_rows(log_history))),
-        ],
-    )
+def _document(fields: dict[str, Any], log_history: list[dict[str, Any]], best_step: int | None) -> reports.Document:
+    """report.md and report.html, from one document."""
+    document = reports.Document(f"Fine-tuning {fields['base_model_name']}")
+    document.section("Summary").table(("", "value"), _summary_rows(fields))
+    document.items(fields["notes"])
+    document.section("Loss").image(_loss_chart(log_history), "training and validation loss per step")
+    chart = _metric_chart(log_history, fields["best_metric_name"], best_step)
+    document.section("Validation metrics").image(chart, "validation metrics per epoch")
+    table = _evaluation_table(log_history)
+    document.section("Validation per epoch").table(table.columns, table.rows)
+    return document

@@ -15,15 +15,8 @@ import json
 from ftpipe import __version__
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import DataError
-from ftpipe.steps import StepResult
+from ftpipe.results import FingerprintDataResult
 from ftpipe.storage import Storage
-
-
-class FingerprintDataResult(StepResult):
-    """The key and what went into it."""
-
-    key: str
-    inputs: dict[str, str]  # input URI -> ETag
 
 
 def input_uris(config: PipelineConfig) -> list[str]:

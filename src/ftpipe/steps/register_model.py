@@ -31,28 +31,19 @@ from ftpipe.config import PipelineConfig
 from ftpipe.errors import RegistryError
 from ftpipe.model_card import render_model_card
 from ftpipe.registry import ModelRegistry
-from ftpipe.steps import StepResult
-from ftpipe.steps.clean_data import CleanDataResult
-from ftpipe.steps.evaluate import EvaluateResult
-from ftpipe.steps.finetune import FinetuneResult
-from ftpipe.steps.select_model import SelectModelResult
+from ftpipe.results import (
+    CleanDataResult,
+    EvaluateResult,
+    FinetuneResult,
+    RegisterModelResult,
+    SelectModelResult,
+)
 from ftpipe.storage import Storage
+from ftpipe.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_LINEAGE = ("data_fingerprint", "base_model", "base_model_source")
-
-
-class RegisterModelResult(StepResult):
-    """The version just registered and the aliases moved to it."""
-
-    model_name: str
-    version: int
-    version_uri: str  # the version manifest (its commit point)
-    model_uri: str  # the prefix with the model files; from_pretrained loads it once downloaded
-    model_card_uri: str
-    metadata_uri: str
-    aliases_set: list[str]
 
 
 def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: FinetuneResult) -> dict[str, Any]:
@@ -139,6 +130,7 @@ def run(
         raise ValueError(f"lineage lacks {', '.join(missing)}")
     storage = storage or Storage(config.storage)
     registry = registry or ModelRegistry(storage, config.registry.uri)
+    task = get_task(config)
 
     data_uris = dict(lineage.get("data_uris") or {})
     if "source" not in data_uris and config.data.uri:
@@ -149,8 +141,7 @@ def run(
         "passed": evaluation.gate_passed,
         "metric": evaluation.gate_metric,
         "tolerance": config.gate.tolerance,
-        "min_accuracy": config.gate.min_accuracy,
-        "min_f1_macro": config.gate.min_f1_macro,
+        "thresholds": dict(config.gate.thresholds),
         "reasons": evaluation.reasons,
         "production": evaluation.production.model_dump() if evaluation.production else None,
     }
@@ -165,6 +156,8 @@ def run(
         license = _license(config, lineage, model_dir)
         metadata = {
             "model_name": name,
+            "task": config.task.type,
+            "primary_metric": evaluation.primary_metric,
             "labels": evaluation.labels,
             "metrics": evaluation.metrics,
             "confusion_matrix": evaluation.confusion_matrix,
@@ -209,6 +202,10 @@ def run(
             gate=gate,
             run_id=run_id,
             created_at=created_at,
+            pipeline_tag=task.pipeline_tag,
+            summary=task.card_summary(evaluation.labels, evaluation.metrics),
+            usage=task.usage_snippet(),
+            metric_names=list(task.settings.metrics),
         )
         version = registry.register(name, model_dir, metadata, card)
     logger.info("registered %s version %d at %s", name, version.version, version.model_uri)

@@ -6,10 +6,11 @@ encoder, safetensors only, with ``trust_remote_code`` only where that candidate 
 candidate that cannot be resolved, loaded or probed, or that breaks a constraint, is skipped with a
 warning and listed in the report with its reason.
 
-The probe: mean-pooled embeddings of the frozen encoder for up to ``probe_train_rows`` stratified
-training rows feed a scikit-learn logistic regression, scored by macro-F1 on up to
-``probe_validation_rows`` validation rows. Candidates are ranked by
-``probe_f1_macro - cost_weight * log10(num_parameters)``, so a much larger model must earn its cost.
+The probe is the task's (``Task.probe``): features of the frozen encoder for up to ``probe_train_rows``
+stratified training rows feed a cheap scikit-learn model (text_classification: a logistic regression on
+mean-pooled embeddings, scored by macro-F1), scored on up to ``probe_validation_rows`` validation rows.
+Candidates are ranked by ``probe_value - cost_weight * log10(num_parameters)``, so a much larger model must
+earn its cost.
 
 Run it as ``run(config, train_uri, validation_uri, labels, output_uri)``; it writes ``report.md``,
 ``report.html`` and ``report.json`` (the ranking table) under ``output_uri``.
@@ -27,15 +28,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 
 from ftpipe import models, reports
 from ftpipe.config import CandidateConfig, PipelineConfig
 from ftpipe.errors import DataError, FtpipeError, ModelError
-from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES, StepResult
+from ftpipe.results import CandidateScore, SelectModelResult, SkippedCandidate
+from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
 from ftpipe.storage import Storage, join
+from ftpipe.tasks import Task, get_task
+from ftpipe.tasks.base import first_line, stratified_sample
 
 logger = logging.getLogger(__name__)
 
@@ -47,44 +49,7 @@ LIBRARIES = (
     *REPORT_LIBRARIES,
 )
 
-SPLIT_COLUMNS = ("text", "label", "label_id")
 PROBE_BATCH_SIZE = 32
-
-
-class CandidateScore(BaseModel):
-    """One candidate that passed the constraints, with its probe results."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    source: str
-    license: str | None
-    num_parameters: int
-    probe_f1_macro: float
-    probe_accuracy: float
-    score: float
-    probe_seconds: float
-
-
-class SkippedCandidate(BaseModel):
-    """One candidate left out, and why."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    source: str
-    reason: str
-
-
-class SelectModelResult(StepResult):
-    """The chosen candidate, the full ranking (best first) and the skipped candidates."""
-
-    selected: CandidateScore
-    ranking: list[CandidateScore]
-    skipped: list[SkippedCandidate]
-    report_markdown_uri: str
-    report_html_uri: str
-    report_json_uri: str
 
 
 class _Skip(Exception):
@@ -95,67 +60,21 @@ class _Skip(Exception):
 
 
 def read_split(storage: Storage, uri: str, name: str) -> pd.DataFrame:
-    """Read one cleaned split (parquet with ``text``, ``label``, ``label_id``).
+    """Read one cleaned split as written (the task checks its columns: ``Task.check_split``).
 
     Raises:
-        DataError: the file cannot be read or lacks a column.
+        DataError: the file cannot be read.
     """
     with storage.local_copy(uri) as path:
         try:
-            frame = pd.read_parquet(path)
+            return pd.read_parquet(path)
         except Exception as error:  # noqa: BLE001 - pyarrow raises many types for "not parquet"
             raise DataError(f"cannot read the {name} split {uri}: {first_line(error)}") from None
-    missing = [column for column in SPLIT_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(f"the {name} split {uri} lacks column(s) {', '.join(missing)}")
-    frame = frame[list(SPLIT_COLUMNS)].copy()
-    frame["text"] = frame["text"].astype(str)
-    frame["label"] = frame["label"].astype(str)
-    frame["label_id"] = frame["label_id"].astype("int64")
-    return frame.reset_index(drop=True)
 
 
-def check_split(frame: pd.DataFrame, labels: Sequence[str], name: str) -> None:
-    """Fail with one line when a split is empty or its labels do not match ``labels``.
-
-    Raises:
-        DataError: no rows, fewer than two labels, a ``label_id`` out of range, or a ``label`` that is not
-            ``labels[label_id]``.
-    """
-    if len(labels) < 2:
-        raise DataError(f"need at least two labels, got {list(labels)}")
-    if frame.empty:
-        raise DataError(f"the {name} split has no rows")
-    ids = frame["label_id"]
-    out_of_range = sorted(set(ids[(ids < 0) | (ids >= len(labels))].tolist()))
-    if out_of_range:
-        raise DataError(
-            f"label count mismatch: the {name} split has label_id {out_of_range[:5]} but only {len(labels)} "
-            f"labels were given ({', '.join(labels)})"
-        )
-    expected = np.asarray(labels, dtype=object)[ids.to_numpy()]
-    wrong = frame["label"].to_numpy(dtype=object) != expected
-    if wrong.any():
-        row = frame[wrong].iloc[0]
-        raise DataError(
-            f"label mismatch in the {name} split: label_id {row['label_id']} should be "
-            f"{labels[row['label_id']]!r} but the row says {row['label']!r} ({int(wrong.sum())} rows disagree)"
-        )
-
-
-def stratified_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    """At most ``rows`` rows keeping the label proportions (plain random when a class is too small)."""
-    if rows >= len(frame):
-        return frame.reset_index(drop=True)
-    from sklearn.model_selection import train_test_split
-
-    try:
-        sample, _ = train_test_split(frame, train_size=rows, stratify=frame["label_id"], random_state=seed)
-    except ValueError:  # a class with a single row: keep one row of every class, fill the rest at random
-        firsts = frame.groupby("label_id", sort=False).head(1)
-        rest = frame.drop(index=firsts.index)
-        sample = pd.concat([firsts, rest.sample(n=max(0, rows - len(firsts)), random_state=seed)])
-    return sample.reset_index(drop=True)
+def read_checked_split(storage: Storage, uri: str, name: str, task: Task, labels: Sequence[str]) -> pd.DataFrame:
+    """A cleaned split, read and checked by the task against ``labels``."""
+    return task.check_split(read_split(storage, uri, name), labels, name)
 
 
 def available_cpus() -> int:
@@ -168,12 +87,6 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cpus)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -226,48 +139,11 @@ def safetensors_parameter_count(model_dir: str) -> int | None:
     return total
 
 
-def embed(texts: Sequence[str], tokenizer, encoder, max_length: int, batch_size: int = PROBE_BATCH_SIZE) -> np.ndarray:
-    """Mean-pooled last hidden states of a frozen encoder, batched with texts sorted by length."""
-    import torch
-
-    device = next(encoder.parameters()).device
-    order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths together: less padding
-    pooled: list[np.ndarray] = []
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch_texts = [texts[i] for i in order[start : start + batch_size]]
-            batch = tokenizer(batch_texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            batch = {key: value.to(device) for key, value in batch.items()}
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            pooled.append(mean.float().cpu().numpy())
-    embeddings = np.empty((len(texts), pooled[0].shape[1]), dtype=np.float32)
-    embeddings[order] = np.concatenate(pooled)
-    return embeddings
-
-
-def probe(
-    train_x: np.ndarray, train_y: np.ndarray, validation_x: np.ndarray, validation_y: np.ndarray
-) -> tuple[float, float]:
-    """(macro-F1, accuracy) of a logistic regression on frozen embeddings."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    # Balanced class weights: the ranking metric is macro-F1, which rewards the minority classes.
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
-    classifier.fit(train_x, train_y)
-    predicted = classifier.predict(validation_x)
-    f1 = f1_score(validation_y, predicted, average="macro", zero_division=0)
-    return float(f1), float(accuracy_score(validation_y, predicted))
-
-
 def _score_candidate(
     candidate: CandidateConfig,
     config: PipelineConfig,
     storage: Storage,
+    task: Task,
     train: pd.DataFrame,
     validation: pd.DataFrame,
 ) -> CandidateScore:
@@ -307,8 +183,7 @@ def _score_candidate(
         encoder.to("cuda")
     started = time.perf_counter()
     try:
-        train_x = embed(train["text"].tolist(), tokenizer, encoder, selection.probe_max_length)
-        validation_x = embed(validation["text"].tolist(), tokenizer, encoder, selection.probe_max_length)
+        probed = task.probe(encoder, tokenizer, train, validation)
     except Exception as error:  # noqa: BLE001 - a model without a usable encoder forward is skipped, not fatal
         raise _Skip(f"probe failed: {type(error).__name__}: {first_line(error)}") from None
     finally:
@@ -316,15 +191,14 @@ def _score_candidate(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    f1, accuracy = probe(train_x, train["label_id"].to_numpy(), validation_x, validation["label_id"].to_numpy())
     seconds = time.perf_counter() - started
-    score = f1 - selection.cost_weight * math.log10(max(num_parameters, 1))
+    score = probed.value - selection.cost_weight * math.log10(max(num_parameters, 1))
     logger.info(
-        "candidate %s: %s parameters, probe macro-F1 %.4f, accuracy %.4f, score %.4f (%.1f s)",
+        "candidate %s: %s parameters, probe %s %.4f, score %.4f (%.1f s)",
         candidate.name,
         f"{num_parameters:,}",
-        f1,
-        accuracy,
+        probed.metric,
+        probed.value,
         score,
         seconds,
     )
@@ -333,8 +207,9 @@ def _score_candidate(
         source=candidate.source,
         license=license_id,
         num_parameters=num_parameters,
-        probe_f1_macro=round(f1, 6),
-        probe_accuracy=round(accuracy, 6),
+        probe_metric=probed.metric,
+        probe_value=round(probed.value, 6),
+        probe_details={key: round(float(value), 6) for key, value in probed.details.items()},
         score=round(score, 6),
         probe_seconds=round(seconds, 3),
     )
@@ -368,18 +243,15 @@ def run(
     import torch
 
     storage = storage or Storage(config.storage)
+    task = get_task(config)
     labels = list(labels)
-    train = read_split(storage, train_uri, "train")
-    validation = read_split(storage, validation_uri, "validation")
-    check_split(train, labels, "train")
-    check_split(validation, labels, "validation")
-    if train["label_id"].nunique() < 2:
-        raise DataError("the train split has a single label; the probe needs at least two")
+    train = read_checked_split(storage, train_uri, "train", task, labels)
+    validation = read_checked_split(storage, validation_uri, "validation", task, labels)
 
     selection = config.selection
     seed = config.training.seed
-    train = stratified_sample(train, selection.probe_train_rows, seed)
-    validation = stratified_sample(validation, selection.probe_validation_rows, seed)
+    train = stratified_sample(train, selection.probe_train_rows, seed, task.strata(train))
+    validation = stratified_sample(validation, selection.probe_validation_rows, seed, task.strata(validation))
     if not torch.cuda.is_available():
         torch.set_num_threads(available_cpus())
     logger.info(
@@ -393,7 +265,7 @@ def run(
     skipped: list[SkippedCandidate] = []
     for candidate in config.candidates:
         try:
-            ranking.append(_score_candidate(candidate, config, storage, train, validation))
+            ranking.append(_score_candidate(candidate, config, storage, task, train, validation))
         except _Skip as reason:
             logger.warning("skipping candidate %s (%s): %s", candidate.name, candidate.source, reason)
             skipped.append(SkippedCandidate(name=candidate.name, source=candidate.source, reason=str(reason)))
@@ -432,7 +304,7 @@ def run(
 
 # -- reports ------------------------------------------------------------------------------------
 
-_RANK_COLUMNS = ("rank", "candidate", "parameters", "licence", "probe macro-F1", "probe accuracy", "score", "probe s")
+_RANK_COLUMNS = ("rank", "candidate", "parameters", "licence", "probe metric", "probe value", "score", "probe s")
 
 
 def _rank_rows(ranking: Sequence[CandidateScore]) -> list[list[object]]:
@@ -442,8 +314,8 @@ def _rank_rows(ranking: Sequence[CandidateScore]) -> list[list[object]]:
             item.name,
             f"{item.num_parameters:,}",
             item.license or "unknown",
-            item.probe_f1_macro,
-            item.probe_accuracy,
+            item.probe_metric,
+            item.probe_value,
             item.score,
             f"{item.probe_seconds:.1f}",
         ]
@@ -473,7 +345,8 @@ def _markdown(selected: CandidateScore, ranking: Sequence[CandidateScore], skipp
 def _score_chart(ranking: Sequence[CandidateScore]) -> str:
     figure, axes = reports.new_figure(6.0, 0.6 + 0.45 * len(ranking))
     names = [item.name for item in reversed(ranking)]
-    axes.barh(names, [item.probe_f1_macro for item in reversed(ranking)], color="#9ab", label="probe macro-F1")
+    probe_label = f"probe {ranking[0].probe_metric}"
+    axes.barh(names, [item.probe_value for item in reversed(ranking)], color="#9ab", label=probe_label)
     axes.barh(names, [item.score for item in reversed(ranking)], color="#246", height=0.4, label="score")
     axes.set_xlabel("value")
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.3 / len(ranking)), ncol=2, fontsize="small")
@@ -490,7 +363,7 @@ def _html(
 
     summary = (
         f"<p>Selected <b>{html.escape(selected.name)}</b> (<code>{html.escape(selected.source)}</code>). "
-        f"Score = probe macro-F1 &minus; {cost_weight:g} &times; log10(parameters).</p>"
+        f"Score = probe {html.escape(selected.probe_metric)} &minus; {cost_weight:g} &times; log10(parameters).</p>"
     )
     sections = [
         ("Selected", summary),

@@ -1,0 +1,190 @@
+"""Reading labelled data files: CSV/TSV, JSON Lines (or one JSON array), Parquet and CoNLL column files.
+
+Each reader returns the columns the task asks for, as read, in file order; bad input ends in one
+:class:`~ftpipe.errors.DataError` naming the file and the setting that named it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ftpipe.config import DataConfig
+from ftpipe.errors import DataError, StorageError
+from ftpipe.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".tar")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".conll": "conll",
+    ".bio": "conll",
+    ".iob": "conll",
+}
+
+
+def resolve_format(uri: str, data_format: str = "auto") -> str:
+    """``csv``, ``jsonl``, ``parquet`` or ``conll``: ``data_format`` itself, or what the extension of ``uri`` says.
+
+    Raises:
+        DataError: ``auto`` and the extension is not one ftpipe knows.
+    """
+    if data_format != "auto":
+        return data_format
+    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    found = _EXTENSIONS.get(Path(name).suffix)
+    if found is None:
+        raise DataError(
+            f"cannot tell the format of {uri} from its extension: use .csv, .tsv, .jsonl, .json, .parquet or .conll "
+            "(optionally compressed, e.g. .csv.gz), or set data.format"
+        )
+    return found
+
+
+# Input names, as they appear in quarantine.parquet's `source_split`: codes 0-2 are the user's own
+# splits (and double as split codes), 3 is one file that clean_data splits itself.
+SPLITS = ("train", "validation", "test")
+SOURCES = (*SPLITS, "data")
+SINGLE = 3
+
+
+@dataclass
+class Source:
+    """One input file and the setting that named it."""
+
+    code: int  # index into SOURCES
+    setting: str  # the config field that named it, for messages
+    uri: str
+
+
+def sources(data: DataConfig) -> list[Source]:
+    """The input files of ``config.data``: one to split, or the user's own three splits."""
+    if data.uri is not None:
+        return [Source(SINGLE, "data.uri", data.uri)]
+    return [
+        Source(0, "data.train_uri", data.train_uri or ""),
+        Source(1, "data.validation_uri", data.validation_uri or ""),
+        Source(2, "data.test_uri", data.test_uri or ""),
+    ]
+
+
+def _missing_column_error(source: Source, columns: Sequence[str], wanted: dict[str, str]) -> DataError:
+    missing = [f"{name!r} ({setting})" for name, setting in wanted.items() if name not in columns]
+    have = ", ".join(repr(str(c)) for c in columns) or "none"
+    return DataError(f"{source.setting} {source.uri} has no column {' or '.join(missing)}; its columns are: {have}")
+
+
+def _read_csv(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFrame:
+    options: dict[str, Any] = {"sep": "\t"} if ".tsv" in path.name.lower() else {}
+    frame = pd.read_csv(
+        path,
+        usecols=lambda column: column in wanted,
+        dtype=str,
+        keep_default_na=False,  # "NA", "null", "nan" are texts (and labels) here, not missing values
+        na_values=[""],
+        encoding="utf-8",
+        **options,
+    )
+    if not set(wanted) <= set(frame.columns):
+        header = pd.read_csv(path, nrows=0, encoding="utf-8", **options).columns
+        raise _missing_column_error(source, list(header), wanted)
+    return frame
+
+
+def _starts_with_array(path: Path) -> bool:
+    """Whether a JSON file holds one array of records rather than JSON Lines (looks at its first bytes)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError, lzma.LZMAError):
+        return False  # let pandas report the problem
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"["
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    frame = pd.read_json(path, lines=not _starts_with_array(path), dtype=False, convert_dates=False)
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError("expected JSON Lines (one object per line) or an array of objects")
+    return frame
+
+
+def _read_parquet(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    columns = pq.read_schema(path).names
+    if not set(wanted) <= set(columns):
+        raise _missing_column_error(source, columns, wanted)
+    return pd.read_parquet(path, columns=list(wanted))
+
+
+def _read_conll(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFrame:
+    from ftpipe.data.conll import read_conll
+
+    tokens, tags = list(wanted)[:2]
+    return read_conll(path, tokens_column=tokens, tags_column=tags)
+
+
+_READERS = {"csv": _read_csv, "parquet": _read_parquet, "conll": _read_conll}
+
+
+def read_source(source: Source, data_format: str, wanted: dict[str, str], storage: Storage) -> pd.DataFrame:
+    """The ``wanted`` columns ({column: setting that names it}) of one input file, as read (rows in file order).
+
+    Raises:
+        DataError: the file is a directory, not UTF-8, empty, unreadable as ``data_format`` or lacks a column.
+        StorageError: it cannot be fetched.
+    """
+    import pyarrow as pa
+
+    data_format = resolve_format(source.uri, data_format)
+    try:
+        with storage.local_copy(source.uri) as path:
+            if path.is_dir():
+                raise DataError(f"{source.setting} {source.uri} is a directory, not a {data_format} file")
+            try:
+                if data_format == "jsonl":
+                    frame = _read_jsonl(path)
+                else:
+                    frame = _READERS[data_format](path, source, wanted)
+            except DataError:
+                raise
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{source.setting} {source.uri} is not UTF-8 text (byte {error.start}): save it as UTF-8"
+                ) from None
+            except pd.errors.EmptyDataError:
+                raise DataError(f"{source.setting} {source.uri} is empty") from None
+            except OSError as error:
+                raise StorageError(f"cannot read {source.uri}: {error.strerror or error}") from None
+            except (ValueError, pa.ArrowException, pd.errors.ParserError, EOFError) as error:
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise DataError(f"cannot read {source.setting} {source.uri} as {data_format}: {message}") from None
+    except StorageError as error:
+        raise StorageError(f"{source.setting}: {error}") from None
+    if not set(wanted) <= set(frame.columns):
+        raise _missing_column_error(source, [str(c) for c in frame.columns], wanted)
+    if len(frame) == 0:
+        raise DataError(f"{source.setting} {source.uri} has no data rows")
+    logger.info("read %d rows from %s", len(frame), source.uri)
+    return frame[list(wanted)].reset_index(drop=True)

@@ -1,0 +1,167 @@
+"""Every step's typed result: frozen, JSON round-trippable, passed between pipeline tasks as KFP artifacts.
+
+Light on purpose (pydantic only): a task that reads an earlier step's result imports this module, never
+the step itself with its libraries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+ResultT = TypeVar("ResultT", bound="StepResult")
+
+
+class StepResult(BaseModel):
+    """Base of every step's result: frozen, JSON round-trippable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls: type[ResultT], text: str) -> ResultT:
+        return cls.model_validate_json(text)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FingerprintDataResult(StepResult):
+    """The key and what went into it."""
+
+    key: str
+    inputs: dict[str, str]  # input URI -> ETag
+
+
+class CleanDataResult(StepResult):
+    """What clean_data wrote and what the next steps need to know about it."""
+
+    output_uri: str
+    train_uri: str
+    validation_uri: str
+    test_uri: str
+    quarantine_uri: str
+    report_json_uri: str
+    report_markdown_uri: str
+    report_html_uri: str
+    fingerprint: str
+    """sha256 hex of the cleaned splits' content (text, target, split); independent of row order within a split."""
+    labels: list[str]
+    """The model's outputs in order: classes, labels, target columns or tags, as the task says."""
+    counts: dict[str, int]
+    """Rows per split after cleaning."""
+    rejected: dict[str, int]
+    """Quarantined rows per reason (every reason of the run's task, zeros included)."""
+
+
+class CompareDataResult(StepResult):
+    """Whether to train, and why."""
+
+    changed: bool
+    fingerprint: str
+    production_version: int | None
+    production_fingerprint: str | None
+    message: str
+
+
+class CandidateScore(_Record):
+    """One candidate that passed the constraints, with its probe results."""
+
+    name: str
+    source: str
+    license: str | None
+    num_parameters: int
+    probe_metric: str
+    probe_value: float
+    probe_details: dict[str, float]
+    score: float
+    probe_seconds: float
+
+
+class SkippedCandidate(_Record):
+    """One candidate left out, and why."""
+
+    name: str
+    source: str
+    reason: str
+
+
+class SelectModelResult(StepResult):
+    """The chosen candidate, the full ranking (best first) and the skipped candidates."""
+
+    selected: CandidateScore
+    ranking: list[CandidateScore]
+    skipped: list[SkippedCandidate]
+    report_markdown_uri: str
+    report_html_uri: str
+    report_json_uri: str
+
+
+class FinetuneResult(StepResult):
+    """Where the fine-tuned model is and how its training went."""
+
+    model_uri: str
+    base_model_name: str
+    base_model_source: str
+    labels: list[str]
+    num_parameters: int
+    best_metric_name: str  # the validation metric that chose the saved weights (config.best_model_metric)
+    best_metric_value: float
+    epochs_trained: float
+    global_steps: int
+    train_seconds: float
+    train_examples_per_second: float
+    stopped_early: bool
+    resumed_from_checkpoint: str | None
+    notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
+    log_uri: str
+    report_html_uri: str
+    report_markdown_uri: str
+
+
+class ProductionComparison(_Record):
+    """The production version scored on the same test split."""
+
+    version: int
+    model_uri: str
+    labels: list[str]
+    same_labels: bool
+    compared_metric: str
+    metrics: dict[str, Any]
+    delta: dict[str, float]  # new minus production, for each of the task's metrics
+
+
+class EvaluateResult(StepResult):
+    """Test metrics, the gate verdict with its reasons, and where the reports are."""
+
+    model_uri: str
+    test_uri: str
+    task: str
+    labels: list[str]
+    primary_metric: str
+    metrics: dict[str, Any]  # every metric of the task, n_examples, and the task's details (per_class, ...)
+    confusion_matrix: list[list[int]]  # rows: true label, columns: predicted label, in `labels` order; [] for none
+    production: ProductionComparison | None
+    gate_metric: str
+    gate_passed: bool
+    reasons: list[str]
+    report_html_uri: str
+    report_markdown_uri: str
+    report_json_uri: str
+    predictions_uri: str
+
+
+class RegisterModelResult(StepResult):
+    """The version just registered and the aliases moved to it."""
+
+    model_name: str
+    version: int
+    version_uri: str  # the version manifest (its commit point)
+    model_uri: str  # the prefix with the model files; from_pretrained loads it once downloaded
+    model_card_uri: str
+    metadata_uri: str
+    aliases_set: list[str]

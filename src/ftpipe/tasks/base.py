@@ -1,0 +1,368 @@
+"""The task protocol: everything that differs between kinds of fine-tuning, and nothing else.
+
+A task (text classification, regression, ...) is one subclass of :class:`Task` in its own module under
+``ftpipe.tasks``, registered in :data:`ftpipe.tasks.TASKS` under its ``config.task.type``. The steps
+(clean_data, select_model, finetune, evaluate, register_model) are orchestration: they call the task for
+
+- the data: which columns to read, what a target cell means and which rows to quarantine for it, the key
+  the split is stratified on, the columns of the cleaned splits and their summary in the report;
+- the model: the ``AutoModelFor...`` head and its label mapping, tokenization and the collator, the
+  validation metrics, anything fitted on validation after training (thresholds);
+- the probe select_model ranks candidates by;
+- prediction and test metrics, the primary metric and its direction, the confusion matrix where one exists,
+  the scalar metrics the KFP UI shows;
+- the model card's ``pipeline_tag``, summary and "how to use" snippet.
+
+Heavy libraries (torch, transformers, datasets, scikit-learn) are imported inside the methods, so that
+importing a task stays light. Every method gets plain data (pandas frames, numpy arrays, URIs of local
+directories) and never touches S3 itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ftpipe.config import HIGHER, PipelineConfig, TaskSettings
+from ftpipe.errors import DataError
+from ftpipe.reports import Table
+
+# Columns every cleaned split has; a task adds its own (``Task.split_columns``).
+TEXT = "text"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a task made of the raw target cells of every input row (clean_data's step 3).
+
+    Attributes:
+        reason: int8 per row: 0 when the target is usable, else 1 + an index into ``Task.target_reasons``.
+        key: int64 per row, an index into ``vocabulary`` (-1 where ``reason`` is not 0). Two rows have equal
+            targets exactly when their keys are equal: de-duplication and conflicting-label detection compare
+            keys, and the data fingerprint hashes them together with ``vocabulary``.
+        vocabulary: the distinct targets as canonical text, in an order that depends only on the set of
+            targets (sorted, or the configured label order), never on the order of the input rows.
+        labels: the model's outputs in output order: the classes, the target columns, the tags.
+        strata: int64 per row, the key a single file's train/validation/test split is stratified on (its
+            values among the usable rows; anything where ``reason`` is not 0); None splits at random.
+        notes: lines for the report (labels seen only outside train, a label dropped, ...).
+    """
+
+    reason: np.ndarray
+    key: np.ndarray
+    vocabulary: list[str]
+    labels: list[str]
+    strata: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    """How well a frozen encoder's features predict the target: ``value`` is higher-is-better."""
+
+    metric: str
+    value: float
+    details: dict[str, float]
+
+
+class Task(ABC):
+    """One kind of fine-tuning. Subclasses set the class attributes and implement the abstract methods."""
+
+    type: ClassVar[str]
+    """The ``config.task.type`` this class serves."""
+    target_reasons: ClassVar[tuple[str, ...]]
+    """Quarantine reasons of this task's target checks, in the order they apply (after the text's own)."""
+    pipeline_tag: ClassVar[str]
+    """The model card's ``pipeline_tag`` (the Hugging Face task name)."""
+    model_class: ClassVar[str]
+    """The ``transformers`` auto class of the head, e.g. ``AutoModelForSequenceClassification``."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.settings: TaskSettings = config.task
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    @property
+    def primary_metric(self) -> str:
+        return self.settings.primary_metric
+
+    def higher_is_better(self, metric: str) -> bool:
+        return self.settings.direction(metric) == HIGHER
+
+    # -- data (clean_data) -----------------------------------------------------------------------
+
+    def input_columns(self) -> dict[str, str]:
+        """``{column: config setting that names it}`` of every column to read, the text column first.
+
+        Raises:
+            DataError: two settings name the same column.
+        """
+        data = self.config.data
+        if data.text_column == data.label_column:
+            raise DataError(f"data.text_column and data.label_column are both {data.text_column!r}")
+        return {data.text_column: "data.text_column", data.label_column: "data.label_column"}
+
+    def read_rows(self, frame: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+        """The raw text (a Series of strings, NaN where missing) and the raw target cells (object array) of a file.
+
+        The text goes through clean_data's text cleaning, token counting, de-duplication and leakage checks.
+        """
+        data = self.config.data
+        return frame[data.text_column], frame[data.label_column].to_numpy(dtype=object)
+
+    @abstractmethod
+    def encode_targets(self, raw: np.ndarray, train: np.ndarray) -> Targets:
+        """Check and encode every row's raw target.
+
+        Args:
+            raw: the raw target cells of every input row (from :meth:`read_rows`), in input order.
+            train: bool per row: the row is still usable and will be (or may be, when clean_data splits one
+                file) a training row. Vocabularies learnt from the data (the label set) come from these rows.
+
+        Raises:
+            DataError: the targets cannot be used at all (e.g. one class only).
+        """
+
+    @abstractmethod
+    def split_columns(self, targets: Targets, rows: np.ndarray) -> dict[str, Any]:
+        """The target columns of a cleaned split (besides ``text``) for the rows at positions ``rows``."""
+
+    def strata(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """An int64 stratification key per row of a cleaned split frame (None: split and sample at random)."""
+        return None
+
+    @abstractmethod
+    def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
+        """The report's table of the targets per split (label counts, score statistics, ...)."""
+
+    def data_warnings(self, frames: dict[str, pd.DataFrame], targets: Targets) -> list[str]:
+        """Warnings about the cleaned targets (imbalance, labels without training rows, ...)."""
+        return []
+
+    # -- reading a split back (select_model, finetune, evaluate) --------------------------------
+
+    @abstractmethod
+    def check_split(self, frame: pd.DataFrame, labels: Sequence[str], name: str) -> pd.DataFrame:
+        """A cleaned split with its columns checked against ``labels`` and normalised to their types.
+
+        Raises:
+            DataError: a column is missing, the split is empty, or a target does not fit ``labels``.
+        """
+
+    # -- the model (finetune) --------------------------------------------------------------------
+
+    def head_settings(self, labels: Sequence[str], train: pd.DataFrame) -> dict[str, Any]:
+        """``from_pretrained`` keyword arguments that shape the head (``num_labels``, ``id2label``, ...).
+
+        Whatever a model needs at prediction time (e.g. a regression target's mean and scale) goes here too:
+        extra keys become attributes of the model's config and are saved with it.
+        """
+        id2label = dict(enumerate(labels))
+        return {"num_labels": len(labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+
+    def load_model(self, source: str, *, trust_remote_code: bool = False, **settings: Any):
+        """The model with this task's head; ``settings`` from :meth:`head_settings` plus overrides.
+
+        Raises:
+            ModelError: it cannot be loaded.
+        """
+        import transformers
+
+        from ftpipe.models import load_pretrained
+
+        auto_class = getattr(transformers, self.model_class)
+        return load_pretrained(auto_class, source, trust_remote_code=trust_remote_code, **settings)
+
+    @abstractmethod
+    def dataset(self, frame: pd.DataFrame, tokenizer: Any, max_length: int, model_config: Any):
+        """A ``datasets.Dataset`` of unpadded token ids and ``labels``, tokenized once, for the Trainer."""
+
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None):
+        """The Trainer's data collator: pads each batch to its own longest row."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    @abstractmethod
+    def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
+        """The Trainer's ``compute_metrics``: validation metrics (the names of ``settings.metrics``)."""
+
+    def finalize(self, trainer: Any, validation_dataset: Any) -> list[str]:
+        """Fit what is chosen on validation after training (e.g. decision thresholds) into the model's config.
+
+        Returns lines for the fine-tune report. Runs on the best weights, before they are saved.
+        """
+        return []
+
+    # -- the probe (select_model) ----------------------------------------------------------------
+
+    @abstractmethod
+    def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
+        """Fit a cheap model on the frozen encoder's features of ``train``, score it on ``validation``."""
+
+    # -- prediction and test metrics (evaluate) --------------------------------------------------
+
+    @abstractmethod
+    def predict(self, model_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's predictions for every row of a split, as columns (``predicted``, ...), same row order.
+
+        Raises:
+            ModelError: the model cannot be loaded or does not fit the task.
+        """
+
+    def model_labels(self, model_dir: str) -> list[str]:
+        """The outputs of a saved model, in order (its ``id2label``)."""
+        import json
+        from pathlib import Path
+
+        model_config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        id2label = model_config.get("id2label") or {}
+        return [str(id2label[key]) for key in sorted(id2label, key=int)]
+
+    @abstractmethod
+    def test_metrics(self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
+        """Every metric of ``settings.metrics`` (floats), ``n_examples``, and details (``per_class``, ...).
+
+        ``predictions`` may come from another model (production) whose outputs differ from ``labels``: a
+        prediction outside ``labels`` counts as wrong.
+        """
+
+    def confusion(self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str]) -> list[list[int]]:
+        """The confusion matrix (rows: true, columns: predicted, in ``labels`` order); empty where none exists."""
+        return []
+
+    def comparison_metric(self, metric: str, same_labels: bool) -> str:
+        """The metric the gate compares with a production model whose outputs are (not) the same."""
+        return metric
+
+    def metric_tables(self, metrics: dict[str, Any], production: dict[str, Any] | None) -> list[tuple[str, Table]]:
+        """Detail tables of the evaluation report besides the overall metrics ((title, table) pairs)."""
+        return []
+
+    def prediction_columns(self, predictions: pd.DataFrame) -> dict[str, Any]:
+        """Columns of predictions.parquet from :meth:`predict`'s output (parquet-friendly types)."""
+        return {column: predictions[column].to_numpy() for column in predictions.columns}
+
+    # -- the model card (register_model) ---------------------------------------------------------
+
+    @abstractmethod
+    def card_summary(self, labels: Sequence[str], metrics: dict[str, Any]) -> str:
+        """One paragraph: what the model does and how well (its primary metric on the test split)."""
+
+    @abstractmethod
+    def usage_snippet(self) -> str:
+        """Python that loads the registered model from ``DIRECTORY`` and predicts; it must run as printed."""
+
+
+
+# -- helpers the tasks share ------------------------------------------------------------------------
+
+
+def reason_codes(reasons: Sequence[str], names: np.ndarray) -> np.ndarray:
+    """int8 codes (0 for None, else 1 + index into ``reasons``) of an object array of reason names or None."""
+    index = {name: code for code, name in enumerate(reasons, start=1)}
+    return np.array([index[name] if name is not None else 0 for name in names], dtype=np.int8)
+
+
+def keys_of(canonical: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Keys into the sorted distinct values of ``canonical`` (text per row) where ``usable``, -1 elsewhere."""
+    keys = np.full(len(canonical), -1, dtype=np.int64)
+    if usable.any():
+        vocabulary, codes = np.unique(canonical[usable].astype(str), return_inverse=True)
+        keys[usable] = codes
+        return keys, [str(value) for value in vocabulary]
+    return keys, []
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    """Raises DataError naming the columns a split lacks, or when it has no rows."""
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise DataError(f"the {name} split lacks column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise DataError(f"the {name} split has no rows")
+
+
+def sorted_by_length(texts: Sequence[str]) -> np.ndarray:
+    """Positions of ``texts`` by length: batches of similar lengths need little padding."""
+    return np.argsort([len(text) for text in texts], kind="stable")
+
+
+def cell_text(value: Any) -> str | None:
+    """A raw target cell as text: ``1.0`` (JSON/Parquet floats) is ``"1"``, blanks and NaN are missing (None)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        if value.is_integer():
+            return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def cells_as_text(raw: np.ndarray) -> np.ndarray:
+    """Object array of :func:`cell_text` of each cell; converts each distinct value once."""
+    try:
+        codes, uniques = pd.factorize(pd.Series(raw, dtype=object), use_na_sentinel=True)
+    except TypeError:  # unhashable values (lists from JSON): compare them by their text
+        codes, uniques = pd.factorize(pd.Series([None if v is None else str(v) for v in raw]), use_na_sentinel=True)
+    names = np.array([cell_text(value) for value in uniques] + [None], dtype=object)
+    return names[codes]  # code -1 (missing) picks the trailing None
+
+
+def stratified_sample(frame: pd.DataFrame, rows: int, seed: int, strata: np.ndarray | None) -> pd.DataFrame:
+    """At most ``rows`` rows keeping the shares of ``strata`` (plain random without strata or when one is tiny)."""
+    if rows >= len(frame):
+        return frame.reset_index(drop=True)
+    if strata is None:
+        return frame.sample(n=rows, random_state=seed).reset_index(drop=True)
+    from sklearn.model_selection import train_test_split
+
+    try:
+        sample, _ = train_test_split(frame, train_size=rows, stratify=strata, random_state=seed)
+    except ValueError:  # a stratum with a single row: keep one row of every stratum, fill the rest at random
+        firsts = frame.groupby(strata, sort=False).head(1)
+        rest = frame.drop(index=firsts.index)
+        sample = pd.concat([firsts, rest.sample(n=max(0, rows - len(firsts)), random_state=seed)])
+    return sample.reset_index(drop=True)
+
+
+def embed(texts: Sequence[str], tokenizer, encoder, max_length: int, batch_size: int = 32) -> np.ndarray:
+    """Mean-pooled last hidden states of a frozen encoder, batched with texts sorted by length."""
+    import torch
+
+    device = next(encoder.parameters()).device
+    order = sorted_by_length(texts)
+    pooled: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch_texts = [texts[i] for i in order[start : start + batch_size]]
+            batch = tokenizer(batch_texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            batch = {key: value.to(device) for key, value in batch.items()}
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            pooled.append(mean.float().cpu().numpy())
+    embeddings = np.empty((len(texts), pooled[0].shape[1]), dtype=np.float32)
+    embeddings[order] = np.concatenate(pooled)
+    return embeddings
+
+
+def device():
+    """The device models run on: the GPU where there is one."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
