@@ -19,3 +19,17 @@ def write_split(path: Path, rows: int, seed: int, labels: tuple[int, ...] = (0, 
         records.append({"text": f"{word} {filler}", "label": LABELS[label_id], "label_id": label_id})
     pd.DataFrame(records).to_parquet(path)
     return str(path)
+
+
+def load_classifier(source: str, *, id2label: dict[int, str] | None = None, num_labels: int | None = None):
+    """A sequence classifier from ``source`` (a new head of ``id2label`` or ``num_labels``), as tests build them."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ftpipe.models import load_pretrained
+
+    settings: dict = {}
+    if id2label is not None:
+        settings = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    elif num_labels is not None:
+        settings = {"num_labels": num_labels}
+    return load_pretrained(AutoModelForSequenceClassification, source, **settings)

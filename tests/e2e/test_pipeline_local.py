@@ -36,7 +36,7 @@ def pipeline_config(s3_storage, minilm_path, tiny_bert_dir, tmp_path, request):
         ],
         "selection": {"probe_train_rows": 128, "probe_validation_rows": 64, "cost_weight": 0.0},
         "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4, "max_length": 64},
-        "gate": {"min_accuracy": 0.85, "tolerance": 0.01},
+        "gate": {"thresholds": {"accuracy": 0.85}, "tolerance": 0.01},
         "registry": {"uri": f"{prefix}/registry", "model_name": "sms-spam-e2e"},
         "storage": {"artifact_root": f"{prefix}/runs"},
     }

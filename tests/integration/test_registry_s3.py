@@ -154,7 +154,9 @@ def test_nothing_is_visible_before_the_commit(registry_uri, tmp_path):
 
 
 def test_a_registered_model_loads_from_s3(registry_uri, tmp_path, tiny_bert_dir):
-    from ftpipe.models import load_classifier, resolve_source
+    from split_files import load_classifier
+
+    from ftpipe.models import resolve_source
 
     model_dir = tmp_path / "trained"
     load_classifier(tiny_bert_dir, id2label={0: "ham", 1: "spam"}).save_pretrained(model_dir)

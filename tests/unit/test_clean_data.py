@@ -10,9 +10,22 @@ import pandas as pd
 import pytest
 
 from ftpipe.config import CleanDataConfig, PipelineConfig, parse_config
+from ftpipe.config import parse_config as _parse_config
+from ftpipe.data.readers import resolve_format
 from ftpipe.errors import DataError, StorageError
+from ftpipe.results import CleanDataResult
 from ftpipe.steps import clean_data
-from ftpipe.steps.clean_data import REASONS, CleanDataResult, clean_texts, resolve_format, token_lengths
+from ftpipe.steps.clean_data import reasons as _reasons
+from ftpipe.tasks.text_classification import TextClassification
+from ftpipe.text import clean_texts, token_lengths
+
+REASONS = _reasons(
+    TextClassification(
+        _parse_config(
+            {"data": {"uri": "x.csv"}, "candidates": [{"name": "m", "source": "m"}], "registry": {"model_name": "m"}}
+        )
+    )
+)
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
@@ -81,6 +94,12 @@ def read_outputs(result: CleanDataResult) -> dict[str, pd.DataFrame]:
     }
 
 
+def label_distribution(report: dict) -> dict[str, dict[str, int]]:
+    """{split: {label: rows}} from the report's target table (label, train, validation, test)."""
+    table = report["target_distribution"]
+    return {split: {row[0]: row[1 + i] for row in table["rows"]} for i, split in enumerate(table["columns"][1:])}
+
+
 def check_invariants(result: CleanDataResult, input_rows: int) -> dict:
     """Counts add up, files agree with the result, report.json agrees with both."""
     frames = read_outputs(result)
@@ -100,7 +119,7 @@ def check_invariants(result: CleanDataResult, input_rows: int) -> dict:
         assert len(frame) == result.counts[split] > 0
         assert frame["label_id"].dtype == np.int64
         assert (frame["label"] == [result.labels[i] for i in frame["label_id"]]).all()
-        assert sum(report["label_distribution"][split].values()) == len(frame)
+        assert sum(label_distribution(report)[split].values()) == len(frame)
     return report
 
 
@@ -172,7 +191,7 @@ def test_single_file_stratified_split_and_outputs(tmp_path, make_config, real_pi
     assert result.counts == {"train": 160, "validation": 20, "test": 20}
     report = check_invariants(result, 200)
     for split, size in result.counts.items():
-        assert report["label_distribution"][split]["spam"] == size // 5  # 20 % spam in every split
+        assert label_distribution(report)[split]["spam"] == size // 5  # 20 % spam in every split
     assert report["split"]["stratified"] is True
     assert result.output_uri == str(tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")} == {
@@ -498,7 +517,8 @@ def test_missing_columns_name_the_columns_that_exist(tmp_path, make_config, ext)
 def test_no_rows_left_after_cleaning(tmp_path, make_config):
     frame = pd.DataFrame({"text": ["<br>", "   ", None, "&nbsp;"], "label": ["a", "b", "a", "b"]})
     uri = write(frame, tmp_path / "d.csv")
-    with pytest.raises(DataError, match="no usable training rows .*1 missing_text, 3 empty_text"):
+    everything = "no rows left after cleaning: all 4 input rows were rejected \\(1 missing_text, 3 empty_text\\)"
+    with pytest.raises(DataError, match=everything):
         clean_data.run(make_config({"uri": uri}), str(tmp_path / "out"))
     with pytest.raises(DataError, match="no rows left after cleaning: all 4 input rows were rejected"):
         clean_data.run(make_config({"uri": uri, "labels": ["a", "b"]}), str(tmp_path / "out"))
@@ -534,7 +554,7 @@ def test_sms_spam_sample(tmp_path, make_config):
     kept = sum(result.counts.values())
     assert result.counts["test"] == pytest.approx(kept * 0.1, abs=1)
     for split in ("train", "validation", "test"):
-        shares = report["label_distribution"][split]
+        shares = label_distribution(report)[split]
         assert shares["spam"] / result.counts[split] == pytest.approx(0.25, abs=0.02)
     again = clean_data.run(config, str(tmp_path / "again"))
     assert again.fingerprint == result.fingerprint

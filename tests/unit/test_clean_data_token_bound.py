@@ -13,7 +13,7 @@ import pytest
 
 from ftpipe.config import CleanDataConfig, parse_config
 from ftpipe.steps import clean_data
-from ftpipe.steps.clean_data import clean_texts, count_tokens_where_needed, token_bound, token_lengths
+from ftpipe.text import clean_texts, count_tokens_where_needed, token_bound, token_lengths
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

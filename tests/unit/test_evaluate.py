@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ftpipe.config import GateConfig, parse_config
+from ftpipe.config import parse_config
 from ftpipe.errors import DataError, ModelError
 from ftpipe.registry import ModelRegistry
+from ftpipe.results import EvaluateResult, ProductionComparison
 from ftpipe.steps import evaluate
-from ftpipe.steps.evaluate import EvaluateResult, ProductionComparison
 from ftpipe.storage import Storage
+from ftpipe.tasks import get_task
+from ftpipe.tasks.text_classification import classification_scores, predict_outputs
 
 LABELS = ["ham", "spam"]
 TEXTS = [
@@ -40,9 +42,8 @@ def make_test_split(path: Path, rows=TEXTS, labels=LABELS) -> str:
 def constant_model(tiny_bert_dir: str, directory: Path, labels: list[str], answer: str) -> str:
     """A classifier that always predicts ``answer``: zero head weights, a bias that picks one class."""
     import torch
+    from split_files import load_classifier
     from transformers import AutoTokenizer
-
-    from ftpipe.models import load_classifier
 
     model = load_classifier(tiny_bert_dir, id2label=dict(enumerate(labels)))
     with torch.no_grad():
@@ -94,7 +95,7 @@ HAM_F1, SPAM_F1 = 0.375, 2 / 7
 
 
 def test_compute_metrics_matches_a_hand_computation():
-    metrics = evaluate.compute_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
+    metrics = classification_scores([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     # a: P=1 R=2/3 F1=0.8; b: P=1/2 R=1/2 F1=1/2; c: P=1/2 R=1 F1=2/3
     assert metrics["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": 0.8, "support": 3}
@@ -102,21 +103,24 @@ def test_compute_metrics_matches_a_hand_computation():
     assert metrics["f1_macro"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
     assert metrics["precision_macro"] == pytest.approx((1 + 0.5 + 0.5) / 3)
     assert metrics["n_examples"] == 6
-    assert evaluate.confusion([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], 3) == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    task = get_task(make_config(Path(".")))
+    truth = pd.DataFrame({"label_id": [0, 0, 0, 1, 1, 2]})
+    predicted = pd.DataFrame({"predicted": ["a", "a", "b", "b", "c", "c"]})
+    assert task.confusion(truth, predicted, ["a", "b", "c"]) == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     # A label the model does not know (-1) is wrong for its row and nobody's false positive.
-    assert evaluate.compute_metrics([0, 1], [-1, 1], ["a", "b"])["accuracy"] == 0.5
+    assert classification_scores([0, 1], [-1, 1], ["a", "b"])["accuracy"] == 0.5
 
 
 def test_batched_predictions_match_one_by_one(tiny_bert_dir):
+    from split_files import load_classifier
     from transformers import AutoTokenizer
-
-    from ftpipe.models import load_classifier
 
     model = load_classifier(tiny_bert_dir, num_labels=3)  # random head: every text scores differently
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     texts = [text for text, _ in TEXTS]
-    batched = evaluate.predict_proba(model, tokenizer, texts, batch_size=4, max_length=32)
-    single = np.vstack([evaluate.predict_proba(model, tokenizer, [t], batch_size=1, max_length=32) for t in texts])
+    options = {"max_length": 32, "activation": "softmax"}
+    batched = predict_outputs(model, tokenizer, texts, batch_size=4, **options)
+    single = np.vstack([predict_outputs(model, tokenizer, [t], batch_size=1, **options) for t in texts])
     np.testing.assert_allclose(batched, single, atol=1e-5)
     assert batched.shape == (len(texts), 3)
 
@@ -133,8 +137,6 @@ def test_run_scores_the_model_and_writes_reports(tmp_path, test_uri, always_ham)
     assert result.production is None
     assert result.gate_passed
     assert result.reasons == [
-        "passed: accuracy 0.6000 >= min_accuracy 0.0000",
-        "passed: f1_macro 0.3750 >= min_f1_macro 0.0000",
         "passed: no production version of 'spam-filter' (alias 'production' unset): nothing to beat",
     ]
     storage = Storage()
@@ -145,19 +147,19 @@ def test_run_scores_the_model_and_writes_reports(tmp_path, test_uri, always_ham)
     predictions = pd.read_parquet(result.predictions_uri)
     assert predictions["predicted"].tolist() == ["ham"] * 10
     assert predictions["text"].tolist() == [text for text, _ in TEXTS]  # original order kept
-    assert predictions["correct"].sum() == 6
+    assert (predictions["predicted"] == predictions["label"]).sum() == 6
 
 
 def test_gate_absolute_thresholds(tmp_path, test_uri, always_ham):
-    config = make_config(tmp_path, min_accuracy=0.7, min_f1_macro=0.375)
+    config = make_config(tmp_path, thresholds={"accuracy": 0.7, "f1_macro": 0.375})
     result = evaluate.run(config, test_uri, LABELS, always_ham, str(tmp_path / "out"))
     assert not result.gate_passed
-    assert "failed: accuracy 0.6000 < min_accuracy 0.7000" in result.reasons
-    assert "passed: f1_macro 0.3750 >= min_f1_macro 0.3750" in result.reasons  # equal to the floor passes
+    assert "failed: accuracy 0.6000 < threshold 0.7000" in result.reasons
+    assert "passed: f1_macro 0.3750 >= threshold 0.3750" in result.reasons  # equal to the floor passes
     assert "FAILED" in Storage().read_text(result.report_html_uri)
 
 
-def test_gate_decision_with_tolerance():
+def test_gate_decision_with_tolerance(tmp_path):
     metrics = {"accuracy": 0.80, "f1_macro": 0.70, "per_class": {"a": {}, "b": {}}}
 
     def production(f1: float) -> ProductionComparison:
@@ -166,15 +168,17 @@ def test_gate_decision_with_tolerance():
             metrics={"accuracy": 0.9, "f1_macro": f1}, delta={"accuracy": -0.1, "f1_macro": 0.70 - f1},
         )  # fmt: skip
 
-    passed, reasons = evaluate.gate_decision(GateConfig(tolerance=0.05), metrics, production(0.74))
+    lenient = make_config(tmp_path, tolerance=0.05)
+    task = get_task(lenient)
+    passed, reasons = evaluate.gate_decision(lenient, task, metrics, production(0.74))
     assert passed
     assert reasons[-1] == (
         "passed: f1_macro 0.7000 >= production v4 f1_macro 0.7400 - tolerance 0.0500 = 0.6900 (delta -0.0400)"
     )
-    passed, reasons = evaluate.gate_decision(GateConfig(tolerance=0.05), metrics, production(0.76))
+    passed, reasons = evaluate.gate_decision(lenient, task, metrics, production(0.76))
     assert not passed
     assert reasons[-1].startswith("failed: f1_macro 0.7000 < production v4 f1_macro 0.7600 - tolerance 0.0500")
-    assert evaluate.gate_decision(GateConfig(), metrics, production(0.70))[0]  # a tie passes with no tolerance
+    assert evaluate.gate_decision(make_config(tmp_path), task, metrics, production(0.70))[0]  # a tie passes
 
 
 def test_production_is_scored_on_the_same_split(tmp_path, test_uri, always_ham, always_spam):
@@ -215,7 +219,7 @@ def test_a_production_model_with_other_labels_is_compared_on_accuracy(tmp_path, 
     assert not result.production.same_labels
     assert result.production.compared_metric == result.gate_metric == "accuracy"
     assert result.production.metrics["accuracy"] == 0.0  # "promo" is never right here
-    assert any(r.startswith("note: production v1 has labels ['ham', 'promo', 'spam']") for r in result.reasons)
+    assert any(r.startswith("note: production v1 has outputs ['ham', 'promo', 'spam']") for r in result.reasons)
     assert result.reasons[-1].startswith("passed: accuracy 0.4000 >= production v1 accuracy 0.0000")
     assert result.gate_passed
 
@@ -226,7 +230,7 @@ def test_inputs_that_do_not_fit_are_clear_errors(tmp_path, tiny_bert_dir, always
     with pytest.raises(DataError, match=r"label\(s\) \['promo'\] outside the label set"):
         evaluate.run(config, odd, LABELS, always_ham, str(tmp_path / "out"))
     three = make_test_split(tmp_path / "three.parquet", labels=["ham", "promo", "spam"])
-    with pytest.raises(ModelError, match=r"predicts labels \['ham', 'spam'\], but the test split's labels are"):
+    with pytest.raises(ModelError, match=r"predicts \['ham', 'spam'\], but the test split's outputs are"):
         evaluate.run(config, three, ["ham", "promo", "spam"], always_ham, str(tmp_path / "out"))
     with pytest.raises(DataError, match="cannot read the test split"):
         evaluate.run(config, always_ham + "/config.json", LABELS, always_ham, str(tmp_path / "out"))

@@ -13,8 +13,9 @@ from transformers import TrainerCallback
 
 from ftpipe.config import parse_config
 from ftpipe.errors import DataError, ModelError
+from ftpipe.results import CandidateScore
 from ftpipe.steps import finetune
-from ftpipe.steps.select_model import CandidateScore
+from ftpipe.training.checkpoints import MIRROR_MARKER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,8 +51,9 @@ def test_trains_and_saves_a_model_that_reloads_and_predicts(tiny_bert_dir, split
         source=tiny_bert_dir,
         license="apache-2.0",
         num_parameters=1,
-        probe_f1_macro=0.5,
-        probe_accuracy=0.5,
+        probe_metric="f1_macro",
+        probe_value=0.5,
+        probe_details={"f1_macro": 0.5, "accuracy": 0.5},
         score=0.4,
         probe_seconds=0.1,
     )
@@ -130,7 +132,7 @@ def test_resumes_from_mirrored_checkpoints_after_preemption(tiny_bert_dir, split
             config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[PreemptAfterSave(6)]
         )
     mirror = Path(splits.output) / "checkpoints"
-    assert (mirror / "checkpoint-6" / finetune.MIRROR_MARKER).is_file()
+    assert (mirror / "checkpoint-6" / MIRROR_MARKER).is_file()
     assert (mirror / "checkpoint-6" / "optimizer.pt").is_file()
     # A later checkpoint whose upload was cut off (no completion marker) must be ignored.
     (mirror / "checkpoint-12").mkdir()
@@ -176,7 +178,7 @@ def test_no_train_rows_is_a_data_error(tiny_bert_dir, tmp_path, splits):
 def test_label_count_mismatch_is_a_data_error(tiny_bert_dir, tmp_path, splits):
     three = tmp_path / "three.parquet"
     pd.DataFrame({"text": ["a", "b", "c"], "label": ["ham", "spam", "other"], "label_id": [0, 1, 2]}).to_parquet(three)
-    with pytest.raises(DataError, match="label count mismatch"):
+    with pytest.raises(DataError, match=r"train split has label\(s\) \['other'\] outside the label set"):
         finetune.run(make_config(tiny_bert_dir), str(three), splits.validation, LABELS, "tiny", splits.output)
 
 

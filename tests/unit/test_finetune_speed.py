@@ -14,6 +14,7 @@ import pytest
 from ftpipe.config import FinetuneConfig, parse_config
 from ftpipe.errors import ConfigError, ModelError
 from ftpipe.steps import finetune
+from ftpipe.tasks import get_task
 
 
 def test_importing_the_step_module_loads_neither_torch_nor_transformers():
@@ -26,14 +27,12 @@ def test_importing_the_step_module_loads_neither_torch_nor_transformers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_callbacks_are_still_trainer_callbacks():
+def test_callbacks_are_trainer_callbacks():
     from transformers import TrainerCallback
 
-    assert issubclass(finetune.CheckpointMirror, TrainerCallback)
-    assert issubclass(finetune.ProgressLog, TrainerCallback)
-    assert finetune.ProgressLog.__module__ == "ftpipe.steps.finetune"
-    with pytest.raises(AttributeError):
-        finetune.NoSuchThing  # noqa: B018
+    from ftpipe.training.callbacks import CheckpointMirror, ProgressLog
+
+    assert issubclass(CheckpointMirror, TrainerCallback) and issubclass(ProgressLog, TrainerCallback)
 
 
 def test_speed_settings_default_on_and_can_be_switched_off():
@@ -51,12 +50,25 @@ def test_speed_settings_default_on_and_can_be_switched_off():
         )
 
 
+def _config(tiny_bert_dir: str = "t", **training):
+    return parse_config(
+        {
+            "data": {"uri": "x.csv"},
+            "registry": {"model_name": "m"},
+            "candidates": [{"name": "t", "source": tiny_bert_dir}],
+            "training": training,
+        }
+    )
+
+
 def test_training_arguments_carry_the_speed_settings(tmp_path):
-    arguments = finetune._training_arguments(FinetuneConfig(), tmp_path, 160)
+    config = _config()
+    arguments = finetune._training_arguments(config, get_task(config), tmp_path, 160)
     assert arguments.optim == "adamw_torch_fused" and not arguments.torch_compile
     assert not arguments.bf16 and not arguments.fp16  # fp32 on this CPU
     assert arguments.train_sampling_strategy == "group_by_length"
-    plain = finetune._training_arguments(FinetuneConfig(fused_optimizer=False), tmp_path, 160, batch_size=32)
+    plain_config = _config(fused_optimizer=False)
+    plain = finetune._training_arguments(plain_config, get_task(plain_config), tmp_path, 160, batch_size=32)
     assert plain.optim == "adamw_torch" and plain.per_device_train_batch_size == 32
 
 
@@ -101,20 +113,12 @@ def test_fill_gpu_batch_size():
     assert finetune.fill_gpu_batch_size(2**30, **large) == 16  # never below the configured batch size
 
 
-def _candidate(tiny_bert_dir):
-    return parse_config(
-        {
-            "data": {"uri": "x.csv"},
-            "registry": {"model_name": "m"},
-            "candidates": [{"name": "t", "source": tiny_bert_dir}],
-        }
-    ).candidates[0]
-
-
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_attention_kernel_is_the_configured_one(tiny_bert_dir, attention):
+    config = _config(tiny_bert_dir, attention=attention)
+    task = get_task(config)
     model = finetune._load_model(
-        _candidate(tiny_bert_dir), tiny_bert_dir, ["a", "b"], FinetuneConfig(attention=attention)
+        task, config.candidates[0], tiny_bert_dir, task.head_settings(["a", "b"], None), config.training
     )
     assert model.config._attn_implementation == attention
 
@@ -122,17 +126,21 @@ def test_attention_kernel_is_the_configured_one(tiny_bert_dir, attention):
 def test_a_model_without_sdpa_falls_back_to_its_default(tiny_bert_dir, monkeypatch, caplog):
     from ftpipe import models
 
-    load = models.load_classifier
+    load = models.load_pretrained
     calls = []
 
-    def no_sdpa(source, **kwargs):
+    def no_sdpa(auto_class, source, **kwargs):
         calls.append(kwargs.get("attn_implementation"))
         if kwargs.get("attn_implementation") == "sdpa":
             raise ModelError("cannot load model: does not support an attention implementation through sdpa")
-        return load(source, **kwargs)
+        return load(auto_class, source, **kwargs)
 
-    monkeypatch.setattr(models, "load_classifier", no_sdpa)
+    monkeypatch.setattr(models, "load_pretrained", no_sdpa)
+    config = _config(tiny_bert_dir)
+    task = get_task(config)
     with caplog.at_level(logging.WARNING, logger="ftpipe.steps.finetune"):
-        model = finetune._load_model(_candidate(tiny_bert_dir), tiny_bert_dir, ["a", "b"], FinetuneConfig())
+        model = finetune._load_model(
+            task, config.candidates[0], tiny_bert_dir, task.head_settings(["a", "b"], None), config.training
+        )
     assert calls == ["sdpa", None] and model.config.num_labels == 2
     assert "no SDPA attention" in caplog.text

@@ -72,7 +72,7 @@ def test_front_matter_is_hugging_face_metadata(tmp_path):
     assert result["task"]["type"] == "text-classification"
     assert result["dataset"]["split"] == "test"
     values = {metric["name"]: metric["value"] for metric in result["metrics"]}
-    assert values["Accuracy"] == 0.9512 and values["F1 (macro)"] == 0.9034
+    assert values["accuracy"] == 0.9512 and values["f1_macro"] == 0.9034
     # the licence of a registered model is readable where select_model looks for it
     (tmp_path / "README.md").write_text(text)
     assert models.read_license(str(tmp_path)) == "apache-2.0"

@@ -11,11 +11,8 @@ from ftpipe import __version__
 from ftpipe.config import parse_config
 from ftpipe.errors import RegistryError
 from ftpipe.registry import ModelRegistry
+from ftpipe.results import CandidateScore, CleanDataResult, EvaluateResult, FinetuneResult, SelectModelResult
 from ftpipe.steps import register_model
-from ftpipe.steps.clean_data import CleanDataResult
-from ftpipe.steps.evaluate import EvaluateResult
-from ftpipe.steps.finetune import FinetuneResult
-from ftpipe.steps.select_model import CandidateScore, SelectModelResult
 from ftpipe.storage import Storage
 
 LABELS = ["ham", "spam"]
@@ -24,9 +21,8 @@ LABELS = ["ham", "spam"]
 @pytest.fixture
 def trained(tiny_bert_dir, tmp_path) -> str:
     """A fine-tuned model as finetune leaves it: save_pretrained + tokenizer, id2label set."""
+    from split_files import load_classifier
     from transformers import AutoTokenizer
-
-    from ftpipe.models import load_classifier
 
     directory = tmp_path / "trained"
     load_classifier(tiny_bert_dir, id2label=dict(enumerate(LABELS))).save_pretrained(directory)
@@ -49,7 +45,9 @@ def make_evaluation(model_uri: str, passed: bool = True) -> EvaluateResult:
     return EvaluateResult(
         model_uri=model_uri,
         test_uri="s3://ftpipe/runs/r1/clean_data/test.parquet",
+        task="text_classification",
         labels=LABELS,
+        primary_metric="f1_macro",
         metrics={"accuracy": 0.9, "f1_macro": 0.9, "n_examples": 10, "per_class": per_class},
         confusion_matrix=[[5, 0], [1, 4]],
         production=None,
@@ -100,7 +98,7 @@ def test_registers_a_version_with_metadata_card_and_alias(tmp_path, tiny_bert_di
     card = Storage().read_text(result.model_card_uri)
     assert "fp-1234" in card and "run-1" in card and "| `rejected_empty` | 2 |" in card
 
-    from ftpipe.models import load_classifier
+    from split_files import load_classifier
 
     loaded = load_classifier(str(registry.download("spam-filter", 1, tmp_path / "out")))
     assert loaded.config.id2label == {0: "ham", 1: "spam"}
@@ -176,8 +174,9 @@ def test_lineage_of_the_earlier_steps_results():
         source="/m",
         license="mit",
         num_parameters=7,
-        probe_f1_macro=0.9,
-        probe_accuracy=0.9,
+        probe_metric="f1_macro",
+        probe_value=0.9,
+        probe_details={"f1_macro": 0.9, "accuracy": 0.9},
         score=0.88,
         probe_seconds=1.0,
     )
@@ -203,6 +202,7 @@ def test_lineage_of_the_earlier_steps_results():
         train_examples_per_second=50.0,
         stopped_early=False,
         resumed_from_checkpoint=None,
+        notes=[],
         log_uri="l",
         report_html_uri="h",
         report_markdown_uri="m",

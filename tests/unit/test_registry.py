@@ -213,7 +213,7 @@ def test_resolve_alias_of_an_unknown_model_is_none(registry):
 
 
 def test_a_registered_model_loads_with_from_pretrained(registry, tmp_path, tiny_bert_dir):
-    from ftpipe.models import load_classifier
+    from split_files import load_classifier
 
     model_dir = tmp_path / "trained"
     load_classifier(tiny_bert_dir, id2label={0: "ham", 1: "spam"}).save_pretrained(model_dir)

@@ -17,6 +17,7 @@ from ftpipe.config import parse_config
 from ftpipe.errors import DataError, ModelError
 from ftpipe.steps import select_model
 from ftpipe.storage import Storage
+from ftpipe.tasks.base import stratified_sample
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,8 +84,9 @@ def test_probe_ranks_candidates_by_score_and_writes_reports(model_dirs, splits):
     assert result.selected == result.ranking[0]
     assert result.ranking[0].score >= result.ranking[1].score
     for item in result.ranking:
-        assert item.score == pytest.approx(item.probe_f1_macro - 0.05 * math.log10(item.num_parameters), abs=1e-5)
-        assert 0.0 <= item.probe_accuracy <= 1.0 and item.probe_seconds > 0
+        assert item.score == pytest.approx(item.probe_value - 0.05 * math.log10(item.num_parameters), abs=1e-5)
+        assert item.probe_metric == "f1_macro" and 0.0 <= item.probe_details["accuracy"] <= 1.0
+        assert item.probe_seconds > 0
     by_name = {item.name: item for item in result.ranking}
     assert by_name["wide"].num_parameters > by_name["small"].num_parameters
     assert by_name["wide"].license == "mit" and by_name["small"].license == "apache-2.0"
@@ -157,19 +159,19 @@ def test_bad_splits_are_data_errors(model_dirs, tmp_path, splits):
     one_class = write_split(tmp_path / "one-class.parquet", 16, seed=3, labels=(0,))
     with pytest.raises(DataError, match="single label"):
         select_model.run(config, one_class, splits.validation, LABELS, splits.output)
-    no_label_id = tmp_path / "no-label-id.parquet"
-    pd.DataFrame({"text": ["a"], "label": ["ham"]}).to_parquet(no_label_id)
+    no_label = tmp_path / "no-label.parquet"
+    pd.DataFrame({"text": ["a"], "label_id": [0]}).to_parquet(no_label)
     with pytest.raises(DataError, match="lacks column"):
-        select_model.run(config, str(no_label_id), splits.validation, LABELS, splits.output)
+        select_model.run(config, str(no_label), splits.validation, LABELS, splits.output)
     with pytest.raises(DataError, match="label mismatch"):
         select_model.run(config, splits.train, splits.validation, ["spam", "ham"], splits.output)
 
 
 def test_stratified_sample_keeps_label_proportions(splits):
     frame = select_model.read_split(Storage(), splits.train, "train")  # 24 ham, 24 spam
-    sample = select_model.stratified_sample(frame, 12, seed=0)
+    sample = stratified_sample(frame, 12, 0, frame["label_id"].to_numpy())
     assert len(sample) == 12 and sample["label_id"].value_counts().to_dict() == {0: 6, 1: 6}
-    assert len(select_model.stratified_sample(frame, 500, seed=0)) == 48
+    assert len(stratified_sample(frame, 500, 0, frame["label_id"].to_numpy())) == 48
 
 
 def test_parameter_count_from_safetensors_header_matches_the_loaded_model(model_dirs):

@@ -11,9 +11,18 @@ from ftpipe.errors import DataError
 
 
 def carve(
-    positions: np.ndarray, strata: np.ndarray | None, size: float, seed: int, what: str, notes: list[str]
+    positions: np.ndarray,
+    strata: np.ndarray | None,
+    size: float,
+    seed: int,
+    what: str,
+    notes: list[str],
+    names: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Split ``positions`` into (rest, part), stratified on ``strata`` (per row) where the stratum sizes allow it."""
+    """Split ``positions`` into (rest, part), stratified on ``strata`` (per row) where the stratum sizes allow it.
+
+    ``names``: what each stratum value stands for (e.g. the labels), for the notes.
+    """
     from sklearn.model_selection import train_test_split
 
     if strata is not None:
@@ -21,9 +30,10 @@ def carve(
         values, counts = np.unique(key, return_counts=True)
         rare = values[counts < 2]
         if rare.size:
+            shown = [repr(names[value]) if names else str(value) for value in rare[:5].tolist()]
             notes.append(
-                f"splitting off {what}: {rare.size} stratum/strata ({', '.join(map(str, rare[:5].tolist()))}"
-                f"{', ...' if rare.size > 5 else ''}) have a single row and are not stratified"
+                f"splitting off {what}: {'label(s)' if names else 'strata'} {', '.join(shown)}"
+                f"{', ...' if rare.size > 5 else ''} have a single row and are not stratified"
             )
             in_rare = np.isin(key, rare)
             key[in_rare] = key.min() - 1 if in_rare.sum() >= 2 else int(values[np.argmax(counts)])
@@ -42,7 +52,7 @@ def carve(
 
 
 def split_positions(
-    ordered: np.ndarray, strata: np.ndarray | None, split: SplitConfig, size: int
+    ordered: np.ndarray, strata: np.ndarray | None, split: SplitConfig, size: int, names: list[str] | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Split codes (0 train, 1 validation, 2 test, -1 elsewhere) for ``size`` rows, of which ``ordered`` take part.
 
@@ -50,10 +60,12 @@ def split_positions(
     """
     codes = np.full(size, -1, dtype=np.int8)
     notes: list[str] = []
-    rest, test, test_stratified = carve(ordered, strata, split.test_fraction, split.seed, "the test split", notes)
+    rest, test, test_stratified = carve(
+        ordered, strata, split.test_fraction, split.seed, "the test split", notes, names
+    )
     validation_share = split.validation_fraction / (1.0 - split.test_fraction)
     train, validation, validation_stratified = carve(
-        rest, strata, validation_share, split.seed, "the validation split", notes
+        rest, strata, validation_share, split.seed, "the validation split", notes, names
     )
     codes[train], codes[validation], codes[test] = 0, 1, 2
     info = {

@@ -191,6 +191,8 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     rows.reject(lengths < cleaning.min_chars, "too_short")
 
     # 3: targets, checked and encoded by the task
+    if not rows.alive.any():
+        raise DataError(f"no rows left after cleaning: all {n} input rows were rejected ({rows.summary()})")
     train = rows.alive & ((rows.source == 0) | (rows.source == SINGLE))
     if not train.any():
         raise DataError(f"no usable training rows left after cleaning ({rows.summary()})")
@@ -252,7 +254,7 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
         from ftpipe.data.splits import split_positions
 
         ordered = alive[content_order(words[alive], key[alive])]
-        split, split_info = split_positions(ordered, targets.strata, data.split, n)
+        split, split_info = split_positions(ordered, targets.strata, data.split, n, targets.strata_names)
     else:
         split = np.where(rows.alive, rows.source, -1).astype(np.int8)
         split_info = {"mode": "the user's own splits, kept as given", "stratified": None, "notes": []}

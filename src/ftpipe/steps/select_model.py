@@ -184,6 +184,8 @@ def _score_candidate(
     started = time.perf_counter()
     try:
         probed = task.probe(encoder, tokenizer, train, validation)
+    except DataError:
+        raise  # the data, not this candidate: no other candidate could do better
     except Exception as error:  # noqa: BLE001 - a model without a usable encoder forward is skipped, not fatal
         raise _Skip(f"probe failed: {type(error).__name__}: {first_line(error)}") from None
     finally:

@@ -58,6 +58,7 @@ class Targets:
     vocabulary: list[str]
     labels: list[str]
     strata: np.ndarray | None = None
+    strata_names: list[str] | None = None  # what each stratum value stands for, for the report's notes
     notes: list[str] = field(default_factory=list)
 
 

@@ -166,7 +166,9 @@ class TextClassification(Task):
                     f"label(s) {', '.join(map(repr, unmapped))} are not values of data.label_mapping but became "
                     "classes; set data.labels to quarantine them instead"
                 )
-        return Targets(reason_codes(self.target_reasons, reason), key, list(labels), list(labels), key, notes)
+        return Targets(
+            reason_codes(self.target_reasons, reason), key, list(labels), list(labels), key, list(labels), notes
+        )
 
     def _labels(self, train_labels: np.ndarray) -> list[str]:
         data = self.config.data
@@ -269,6 +271,8 @@ class TextClassification(Task):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        if train["label_id"].nunique() < 2:
+            raise DataError("the train split has a single label; the probe needs at least two")
         max_length = self.config.selection.probe_max_length
         train_x = embed(train[TEXT].tolist(), tokenizer, encoder, max_length)
         validation_x = embed(validation[TEXT].tolist(), tokenizer, encoder, max_length)
