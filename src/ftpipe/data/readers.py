@@ -1,4 +1,4 @@
-"""Reading labelled data files: CSV/TSV, JSON Lines (or one JSON array), Parquet and CoNLL column files.
+"""Reading labelled data files: CSV/TSV, JSON Lines (or one JSON array) and Parquet.
 
 Each reader returns the columns the task asks for, as read, in file order; bad input ends in one
 :class:`~ftpipe.errors.DataError` naming the file and the setting that named it.
@@ -29,14 +29,11 @@ _EXTENSIONS = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
-    ".conll": "conll",
-    ".bio": "conll",
-    ".iob": "conll",
 }
 
 
 def resolve_format(uri: str, data_format: str = "auto") -> str:
-    """``csv``, ``jsonl``, ``parquet`` or ``conll``: ``data_format`` itself, or what the extension of ``uri`` says.
+    """``csv``, ``jsonl`` or ``parquet``: ``data_format`` itself, or what the extension of ``uri`` says.
 
     Raises:
         DataError: ``auto`` and the extension is not one ftpipe knows.
@@ -51,7 +48,7 @@ def resolve_format(uri: str, data_format: str = "auto") -> str:
     found = _EXTENSIONS.get(Path(name).suffix)
     if found is None:
         raise DataError(
-            f"cannot tell the format of {uri} from its extension: use .csv, .tsv, .jsonl, .json, .parquet or .conll "
+            f"cannot tell the format of {uri} from its extension: use .csv, .tsv, .jsonl, .json or .parquet "
             "(optionally compressed, e.g. .csv.gz), or set data.format"
         )
     return found
@@ -138,14 +135,7 @@ def _read_parquet(path: Path, source: Source, wanted: dict[str, str]) -> pd.Data
     return pd.read_parquet(path, columns=list(wanted))
 
 
-def _read_conll(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFrame:
-    from ftpipe.data.conll import read_conll
-
-    tokens, tags = list(wanted)[:2]
-    return read_conll(path, tokens_column=tokens, tags_column=tags)
-
-
-_READERS = {"csv": _read_csv, "parquet": _read_parquet, "conll": _read_conll}
+_READERS = {"csv": _read_csv, "parquet": _read_parquet}
 
 
 def read_source(source: Source, data_format: str, wanted: dict[str, str], storage: Storage) -> pd.DataFrame:

@@ -33,6 +33,7 @@ def run(config: PipelineConfig, storage: Storage | None = None) -> FingerprintDa
             raise DataError(f"dataset not found: {uri}")
         etags[uri] = etag
     recipe = {
+        "task": config.task.model_dump(mode="json"),  # what a target cell means, and so what is quarantined
         "data": config.data.model_dump(mode="json"),
         "cleaning": config.cleaning.model_dump(mode="json"),
         "tokenizer": config.tokenizer_source,

@@ -1,0 +1,80 @@
+"""One contract test over every registered task: tiny data of the task through all five steps.
+
+Each task gives its own tiny dataset below (``DATASETS``); a task registered in ``ftpipe.tasks.TASKS`` without
+one fails here, so no task joins the pipeline without running through it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ftpipe.config import parse_config
+from ftpipe.registry import ModelRegistry
+from ftpipe.steps import clean_data, evaluate, finetune, register_model, select_model
+from ftpipe.storage import Storage
+from ftpipe.tasks import TASKS, get_task
+
+
+def _text_classification(rng: random.Random) -> tuple[list[dict], dict]:
+    words = {"spam": ["win", "prize", "free", "cash", "call"], "ham": ["lunch", "home", "see", "later", "thanks"]}
+    rows = []
+    for i in range(120):
+        label = "spam" if i % 3 == 0 else "ham"
+        rows.append({"text": " ".join(rng.choices(words[label], k=6)) + f" {i}", "label": label})
+    return rows, {}
+
+
+DATASETS = {"text_classification": _text_classification}
+
+
+@pytest.mark.parametrize("task_type", sorted(TASKS))
+def test_every_task_runs_through_the_steps(task_type, tiny_bert_dir, tmp_path, one_torch_thread):
+    assert task_type in DATASETS, f"task {task_type} has no contract dataset"
+    rows, task_settings = DATASETS[task_type](random.Random(0))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = parse_config(
+        {
+            "task": {"type": task_type, **task_settings},
+            "data": {"uri": str(data)},
+            "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+            "selection": {"probe_train_rows": 32, "probe_validation_rows": 16},
+            "training": {"epochs": 1, "batch_size": 8, "max_length": 32},
+            "registry": {"uri": str(tmp_path / "registry"), "model_name": "contract"},
+            "storage": {"artifact_root": str(tmp_path / "runs")},
+        }
+    )
+    task = get_task(config)
+    out = tmp_path / "runs"
+    cleaned = clean_data.run(config, str(out / "clean"))
+    assert sum(cleaned.counts.values()) + sum(cleaned.rejected.values()) == len(rows)
+    assert set(cleaned.rejected) == set(clean_data.reasons(task))
+    selection = select_model.run(config, cleaned.train_uri, cleaned.validation_uri, cleaned.labels, str(out / "sel"))
+    trained = finetune.run(
+        config, cleaned.train_uri, cleaned.validation_uri, cleaned.labels, selection.selected, str(out / "ft")
+    )
+    assert trained.best_metric_name == config.best_model_metric == task.primary_metric
+    evaluation = evaluate.run(config, cleaned.test_uri, cleaned.labels, trained.model_uri, str(out / "eval"))
+    assert set(task.settings.metrics) <= set(evaluation.metrics)
+    assert all(isinstance(evaluation.metrics[name], float) for name in task.settings.metrics)
+    assert evaluation.primary_metric == task.primary_metric and evaluation.gate_passed
+    predictions = pd.read_parquet(evaluation.predictions_uri)
+    assert len(predictions) == cleaned.counts["test"]
+    lineage = register_model.lineage_of(cleaned, selection, trained)
+    registered = register_model.run(config, trained.model_uri, evaluation, lineage, "run-contract")
+    registry = ModelRegistry(Storage(config.storage), config.registry.uri)
+    version = registry.resolve_alias("contract", "staging")
+    assert version.version == registered.version == 1
+    assert version.metadata["task"] == task_type and version.metadata["primary_metric"] == task.primary_metric
+    card = Path(registered.model_card_uri).read_text()
+    assert f"pipeline_tag: {task.pipeline_tag}" in card
+
+    # The card's usage snippet runs as printed, against the registered model.
+    directory = registry.download("contract", registered.version, tmp_path / "downloaded")
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(snippet, "model-card-snippet", "exec"), {"DIRECTORY": str(directory)})  # noqa: S102
