@@ -58,7 +58,7 @@ def test_probe_selects_minilm_from_s3_over_a_random_tiny_bert(minilm_path, tiny_
 
     assert result.selected.name == "minilm" and result.selected.source == minilm_uri
     assert result.selected.license == "apache-2.0" and result.selected.num_parameters > 20_000_000
-    assert result.selected.probe_f1_macro >= 0.85 and [item.name for item in result.ranking] == ["minilm", "tiny"]
+    assert result.selected.probe_value >= 0.85 and [item.name for item in result.ranking] == ["minilm", "tiny"]
     assert s3_storage.exists(result.report_html_uri)
 
 
