@@ -316,8 +316,19 @@ class RegressionTask(TaskSettings):
         None, min_length=1, description="Columns holding the numeric targets; None: `data.label_column` alone."
     )
     strata: int = Field(
-        10, ge=1, le=100, description="Quantile bins of the (first) target that the split is stratified on."
+        10,
+        ge=1,
+        le=100,
+        description="Quantile bins (of the train rows) of the first target that the split and the samples of "
+        "select_model and finetune are stratified on; 1 splits at random.",
     )
+
+    @field_validator("target_columns")
+    @classmethod
+    def _distinct_targets(cls, columns: list[str] | None) -> list[str] | None:
+        if columns is not None and len(set(columns)) != len(columns):
+            raise ValueError("names a column more than once")
+        return columns
 
 
 class TokenClassificationTask(TaskSettings):
@@ -339,14 +350,38 @@ class TokenClassificationTask(TaskSettings):
         "carries the tag and the rest are ignored by the loss.",
     )
     tags: list[str] | None = Field(
-        None, min_length=2, description="The tag set; rows with another tag are quarantined. None: the tags of train."
+        None,
+        min_length=2,
+        description="The tag set, in output order; rows with another tag are quarantined. IOB2: `O` and B-X/I-X "
+        "tags, `O` among them. None: the tags of train (IOB2: `O`, then B-X and I-X of every entity type seen, "
+        "sorted by type; plain: sorted, `O` first).",
+    )
+    repair_iob2: bool = Field(
+        False,
+        description="IOB2 only: rewrite an I-X that does not continue an X entity (after O, another type, or at the "
+        "start) as B-X, which turns IOB1 data (e.g. the original CoNLL-2003 files) into IOB2; off: quarantine such "
+        "rows as `invalid_iob2`.",
     )
 
+    @model_validator(mode="after")
+    def _tag_set(self) -> TokenClassificationTask:
+        if self.tags is None:
+            return self
+        if len(set(self.tags)) != len(self.tags):
+            raise ValueError("`tags` contains duplicates")
+        if self.scheme == "IOB2":
+            wrong = [tag for tag in self.tags if tag != "O" and not re.fullmatch(r"[BI]-\S+", tag)]
+            if wrong:
+                raise ValueError(f"`tags` {wrong[:5]} are not IOB2 tags (O, B-TYPE, I-TYPE); or set scheme: plain")
+            if "O" not in self.tags:
+                raise ValueError("`tags` must contain O in the IOB2 scheme")
+        return self
 
-# The tasks with a module in ftpipe.tasks. The settings of multi_label_classification, regression and
-# token_classification above are agreed for their modules, which are not written yet: until they are, those
-# types are not accepted, so that no config names a task that cannot run.
-Task = Annotated[TextClassificationTask, Field(discriminator="type")]
+
+# The tasks with a module in ftpipe.tasks. The settings of regression and token_classification above are agreed
+# for their modules, which are not written yet: until they are, those types are not accepted, so that no config
+# names a task that cannot run.
+Task = Annotated[TextClassificationTask | MultiLabelClassificationTask, Field(discriminator="type")]
 
 
 class PipelineConfig(StrictModel):

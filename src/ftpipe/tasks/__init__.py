@@ -14,6 +14,7 @@ from ftpipe.tasks.base import Task
 # config.task.type -> "module:class"; modules import on first use, so a step pays only for its own task.
 TASKS = {
     "text_classification": "ftpipe.tasks.text_classification:TextClassification",
+    "multi_label_classification": "ftpipe.tasks.multi_label_classification:MultiLabelClassification",
 }
 
 

@@ -29,7 +29,21 @@ def _text_classification(rng: random.Random) -> tuple[list[dict], dict]:
     return rows, {}
 
 
-DATASETS = {"text_classification": _text_classification}
+def _multi_label_classification(rng: random.Random) -> tuple[list[dict], dict]:
+    words = {
+        "billing": ["invoice", "refund", "charge"],
+        "bug": ["crash", "error", "broken"],
+        "praise": ["great", "love"],
+    }
+    rows = []
+    for i in range(120):
+        labels = rng.sample(sorted(words), rng.choice([1, 1, 2]))
+        text = " ".join(word for label in labels for word in rng.choices(words[label], k=3)) + f" {i}"
+        rows.append({"text": text, "label": labels if i % 2 else "|".join(labels)})  # JSON lists and delimited text
+    return rows, {"thresholds": "shared"}
+
+
+DATASETS = {"text_classification": _text_classification, "multi_label_classification": _multi_label_classification}
 
 
 @pytest.mark.parametrize("task_type", sorted(TASKS))
