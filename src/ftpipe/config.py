@@ -42,8 +42,9 @@ class DataConfig(StrictModel):
     train_uri: str | None = Field(None, description="The user's own train split (instead of `uri`).")
     validation_uri: str | None = Field(None, description="The user's own validation split.")
     test_uri: str | None = Field(None, description="The user's own test split.")
-    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
-        "auto", description="File format; `auto` goes by the file extension."
+    format: Literal["auto", "csv", "jsonl", "parquet", "conll"] = Field(
+        "auto",
+        description="File format; `auto` goes by the file extension (.conll, .bio and .iob are CoNLL column files).",
     )
     text_column: str = Field(
         "text", description="Column holding the input text (token_classification: the list of tokens)."
@@ -378,10 +379,11 @@ class TokenClassificationTask(TaskSettings):
         return self
 
 
-# The tasks with a module in ftpipe.tasks. The settings of regression and token_classification above are agreed
-# for their modules, which are not written yet: until they are, those types are not accepted, so that no config
-# names a task that cannot run.
-Task = Annotated[TextClassificationTask | MultiLabelClassificationTask, Field(discriminator="type")]
+# The tasks with a module in ftpipe.tasks (ftpipe.tasks.TASKS), told apart by `type`.
+Task = Annotated[
+    TextClassificationTask | MultiLabelClassificationTask | RegressionTask | TokenClassificationTask,
+    Field(discriminator="type"),
+]
 
 
 class PipelineConfig(StrictModel):

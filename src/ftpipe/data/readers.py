@@ -1,4 +1,4 @@
-"""Reading labelled data files: CSV/TSV, JSON Lines (or one JSON array) and Parquet.
+"""Reading labelled data files: CSV/TSV, JSON Lines (or one JSON array), Parquet and CoNLL column files.
 
 Each reader returns the columns the task asks for, as read, in file order; bad input ends in one
 :class:`~ftpipe.errors.DataError` naming the file and the setting that named it.
@@ -29,11 +29,14 @@ _EXTENSIONS = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".conll": "conll",
+    ".bio": "conll",
+    ".iob": "conll",
 }
 
 
 def resolve_format(uri: str, data_format: str = "auto") -> str:
-    """``csv``, ``jsonl`` or ``parquet``: ``data_format`` itself, or what the extension of ``uri`` says.
+    """``csv``, ``jsonl``, ``parquet`` or ``conll``: ``data_format`` itself, or what the extension of ``uri`` says.
 
     Raises:
         DataError: ``auto`` and the extension is not one ftpipe knows.
@@ -48,7 +51,8 @@ def resolve_format(uri: str, data_format: str = "auto") -> str:
     found = _EXTENSIONS.get(Path(name).suffix)
     if found is None:
         raise DataError(
-            f"cannot tell the format of {uri} from its extension: use .csv, .tsv, .jsonl, .json or .parquet "
+            f"cannot tell the format of {uri} from its extension: use .csv, .tsv, .jsonl, .json, .parquet "
+            "or .conll/.bio/.iob "
             "(optionally compressed, e.g. .csv.gz), or set data.format"
         )
     return found
@@ -135,7 +139,20 @@ def _read_parquet(path: Path, source: Source, wanted: dict[str, str]) -> pd.Data
     return pd.read_parquet(path, columns=list(wanted))
 
 
-_READERS = {"csv": _read_csv, "parquet": _read_parquet}
+def _read_conll(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFrame:
+    """Tokens and tags under the names ``data.text_column`` and ``data.label_column`` give them."""
+    from ftpipe.data.conll import read_conll
+
+    by_setting = {setting: column for column, setting in wanted.items()}
+    # Any other wanted column (say task.target_columns) is then reported missing by read_source.
+    return read_conll(
+        path,
+        tokens_column=by_setting.get("data.text_column", "tokens"),
+        tags_column=by_setting.get("data.label_column", "tags"),
+    )
+
+
+_READERS = {"csv": _read_csv, "parquet": _read_parquet, "conll": _read_conll}
 
 
 def read_source(source: Source, data_format: str, wanted: dict[str, str], storage: Storage) -> pd.DataFrame:

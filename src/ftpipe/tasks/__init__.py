@@ -15,6 +15,8 @@ from ftpipe.tasks.base import Task
 TASKS = {
     "text_classification": "ftpipe.tasks.text_classification:TextClassification",
     "multi_label_classification": "ftpipe.tasks.multi_label_classification:MultiLabelClassification",
+    "regression": "ftpipe.tasks.regression:Regression",
+    "token_classification": "ftpipe.tasks.token_classification:TokenClassification",
 }
 
 

@@ -43,7 +43,38 @@ def _multi_label_classification(rng: random.Random) -> tuple[list[dict], dict]:
     return rows, {"thresholds": "shared"}
 
 
-DATASETS = {"text_classification": _text_classification, "multi_label_classification": _multi_label_classification}
+def _regression(rng: random.Random) -> tuple[list[dict], dict]:
+    words = {True: ["superb", "moving", "funny"], False: ["dull", "awful", "boring"]}
+    rows = []
+    for i in range(120):
+        score = rng.uniform(-4, 4)
+        rows.append({"text": " ".join(rng.choices(words[score > 0], k=5)) + f" {i}", "label": round(score, 3)})
+    rows[7]["label"] = "n/a"  # not a number: quarantined
+    rows[11]["label"] = None  # missing: quarantined
+    return rows, {}
+
+
+def _token_classification(rng: random.Random) -> tuple[list[dict], dict]:
+    names, places, others = ["Ada", "Alan", "Grace"], ["Paris", "Oslo", "Lima"], ["met", "in", "today", "and"]
+    rows = []
+    for i in range(120):
+        tokens, tags = [], []
+        for _ in range(rng.randint(3, 7)):
+            kind = rng.choice(["PER", "LOC", "O", "O"])
+            pool = {"PER": names, "LOC": places, "O": others}[kind]
+            tokens.append(rng.choice(pool))
+            tags.append("O" if kind == "O" else f"B-{kind}")
+        rows.append({"text": [*tokens, str(i)], "label": [*tags, "O"]})
+    rows[5]["label"] = rows[5]["label"][:-1]  # one tag short: quarantined
+    return rows, {}
+
+
+DATASETS = {
+    "text_classification": _text_classification,
+    "multi_label_classification": _multi_label_classification,
+    "regression": _regression,
+    "token_classification": _token_classification,
+}
 
 
 @pytest.mark.parametrize("task_type", sorted(TASKS))
