@@ -1,5 +1,7 @@
 """KFP component: clean, validate and split the labelled text."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Output
 
@@ -13,7 +15,7 @@ def clean_data(
     cleaned: Output[Dataset],
     report: Output[HTML],
     report_markdown: Output[Markdown],
-) -> str:
+) -> NamedTuple("Outputs", [("ok", bool), ("problem", str), ("fingerprint", str)]):
     """Returns the content fingerprint of the cleaned splits.
 
     Takes the data key from fingerprint_data instead of the run id, so that the task can be cached:
@@ -23,6 +25,8 @@ def clean_data(
     from ftpipe.steps import clean_data as step
 
     result = task.run_step("clean_data", config_json, f"data-{data_key}", step.run, step.LIBRARIES)
+    if isinstance(result, task.Stopped):
+        return result.outputs(cleaned, report, report_markdown, fingerprint="")
     task.write_result(
         cleaned,
         result,
@@ -34,4 +38,4 @@ def clean_data(
     )
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
-    return result.fingerprint
+    return task.succeeded(result.fingerprint)

@@ -1,5 +1,7 @@
 """KFP component: test metrics and the gate against the current production model."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -17,11 +19,8 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     report_markdown: Output[Markdown],
-) -> bool:
-    """Returns whether the gate passed; the reasons are in the evaluation artifact and the report.
-
-    A single output on purpose: KFP's local runner cannot resolve a NamedTuple field in a dsl.If.
-    """
+) -> NamedTuple("Outputs", [("ok", bool), ("problem", str), ("gate_passed", bool)]):
+    """Returns whether the gate passed; the reasons are in the evaluation artifact and the report."""
     from ftpipe import task
     from ftpipe.results import CleanDataResult, FinetuneResult
     from ftpipe.steps import evaluate as step
@@ -37,6 +36,8 @@ def evaluate(
         ),
         step.LIBRARIES,
     )
+    if isinstance(result, task.Stopped):
+        return result.outputs(evaluation, metrics, confusion, report, report_markdown, gate_passed=False)
     task.write_result(evaluation, result, gate_passed=result.gate_passed, gate_reasons="\n".join(result.reasons))
     for name, value in result.metrics.items():  # the task's scalar metrics; details (per class, ...) are in the report
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -47,4 +48,4 @@ def evaluate(
         confusion.log_confusion_matrix(result.labels, result.confusion_matrix)
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
-    return result.gate_passed
+    return task.succeeded(result.gate_passed)

@@ -1,5 +1,7 @@
 """KFP component: fine-tune the selected model with a new classification head."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -16,7 +18,7 @@ def finetune(
     training_metrics: Output[Metrics],
     report: Output[HTML],
     report_markdown: Output[Markdown],
-):
+) -> NamedTuple("Outputs", [("ok", bool), ("problem", str)]):
     from ftpipe import task
     from ftpipe.results import CleanDataResult, SelectModelResult
     from ftpipe.steps import finetune as step
@@ -32,9 +34,12 @@ def finetune(
         ),
         step.LIBRARIES,
     )
+    if isinstance(result, task.Stopped):
+        return result.outputs(model, training_metrics, report, report_markdown)
     task.write_result(model, result, model_uri=result.model_uri, base_model=result.base_model_source)
     training_metrics.log_metric(f"best_validation_{result.best_metric_name}", result.best_metric_value)
     training_metrics.log_metric("epochs_trained", result.epochs_trained)
     training_metrics.log_metric("train_examples_per_second", result.train_examples_per_second)
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
+    return task.succeeded()

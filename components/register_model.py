@@ -1,5 +1,7 @@
 """KFP component: store the model as a new immutable registry version (runs only past the gate)."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
@@ -16,7 +18,7 @@ def register_model(
     evaluation: Input[Artifact],
     registered: Output[Artifact],
     model_card: Output[Markdown],
-) -> int:
+) -> NamedTuple("Outputs", [("ok", bool), ("problem", str), ("version", int)]):
     """Returns the new version number."""
     from ftpipe import task
     from ftpipe.results import CleanDataResult, EvaluateResult, FinetuneResult, SelectModelResult
@@ -33,6 +35,8 @@ def register_model(
         run_id,
         lambda config, out, storage: step.run(config, trained.model_uri, evaluated, lineage, run_id, storage=storage),
     )
+    if isinstance(result, task.Stopped):
+        return result.outputs(registered, model_card, version=0)
     task.write_result(registered, result, model_name=result.model_name, version=result.version)
     task.copy_report(config_json, result.model_card_uri, model_card)
-    return result.version
+    return task.succeeded(result.version)

@@ -1,5 +1,7 @@
 """KFP component: rank the candidate models by a cheap probe on the cleaned data."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
 
@@ -14,7 +16,7 @@ def select_model(
     selection: Output[Artifact],
     report: Output[HTML],
     report_markdown: Output[Markdown],
-) -> str:
+) -> NamedTuple("Outputs", [("ok", bool), ("problem", str), ("selected", str)]):
     """Returns the name of the selected candidate."""
     from ftpipe import task
     from ftpipe.results import CleanDataResult
@@ -30,6 +32,8 @@ def select_model(
         ),
         step.LIBRARIES,
     )
+    if isinstance(result, task.Stopped):
+        return result.outputs(selection, report, report_markdown, selected="")
     task.write_result(
         selection,
         result,
@@ -40,4 +44,4 @@ def select_model(
     )
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
-    return result.selected.name
+    return task.succeeded(result.selected.name)

@@ -3,6 +3,11 @@
     fingerprint_data -> clean_data -> compare_data -[data changed]-> select_model -> finetune
         -> evaluate -[gate passed]-> register_model
 
+Each step is followed by a guard: a step that met a deterministic error (bad config or data, a missing
+model) returns ``ok`` false instead of failing, and the guard's other branch runs stop_run, which fails
+the run at once with that error; retries with back-off are kept for what a retry can cure (S3 not
+answering or throttling, a pod lost with its node). See ftpipe.task.
+
 clean_data is cached on the key fingerprint_data computes (input ETags and the cleaning recipe), so a
 scheduled run on unchanged data reuses the cleaned splits; every other task talks to state the cache
 cannot see (the registry's production alias, a GPU run) and is never served from cache. When the
@@ -16,6 +21,8 @@ parameter (its default is the config compiled in; a run may override it). No cre
 ever part of the config or the YAML: tasks read them from the Secret as environment variables.
 """
 
+import contextlib
+from collections.abc import Iterator
 
 from kfp import dsl, kubernetes
 
@@ -27,10 +34,11 @@ from components.finetune import finetune
 from components.fingerprint_data import fingerprint_data
 from components.register_model import register_model
 from components.select_model import select_model
+from components.stop_run import stop_run
 from ftpipe.config import ClusterConfig, PipelineConfig
 
-# Back-off between retries of a task: S3 hiccups and preempted nodes clear up within minutes.
-RETRY_BACKOFF = "30s"
+# Back-off between retries of a task (from cluster.retry_backoff_s): S3 hiccups and preempted nodes clear up
+# within minutes. Only transient failures fail a task, so only they are retried (see ftpipe.task).
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "10m"
 
@@ -71,7 +79,7 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
     """The pipeline for ``config``, its tasks running in ``image`` (default ``ftpipe:<version>``)."""
     cluster = config.cluster
     image = image or cluster.image or DEFAULT_IMAGE
-    steps = (fingerprint_data, clean_data, compare_data, select_model, finetune, evaluate, register_model)
+    steps = (fingerprint_data, clean_data, compare_data, select_model, finetune, evaluate, register_model, stop_run)
     (
         fingerprint_data_op,
         clean_data_op,
@@ -80,6 +88,7 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
         finetune_op,
         evaluate_op,
         register_model_op,
+        stop_run_op,
     ) = (with_image(component, image) for component in steps)
 
     def configure(task: dsl.PipelineTask, retries: int, name: str, cache: bool = False) -> dsl.PipelineTask:
@@ -87,11 +96,27 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
         for variable, value in task_environment(config).items():
             task.set_env_variable(variable, value)
         task.set_retry(
-            retries, backoff_duration=RETRY_BACKOFF, backoff_factor=RETRY_BACKOFF_FACTOR,
+            retries, backoff_duration=f"{cluster.retry_backoff_s}s", backoff_factor=RETRY_BACKOFF_FACTOR,
             backoff_max_duration=RETRY_BACKOFF_MAX,
         )
         task.set_caching_options(cache)
         return task.set_display_name(name)
+
+    @contextlib.contextmanager
+    def unless_stopped(task: dsl.PipelineTask, step: str) -> Iterator[None]:
+        """The tasks added inside run only if ``task`` met no deterministic error; else the run stops at once.
+
+        The step's task then succeeded with ``ok`` false (see ftpipe.task), so that KFP does not retry what
+        would fail the same way again; stop_run, with no retries, fails the run with the step's error.
+        """
+        with dsl.If(task.outputs["ok"] == True, name=f"{step}-ok"):  # noqa: E712 - a KFP condition
+            yield
+        with dsl.Else(name=f"{step}-failed"):
+            stop_after(task, step)
+
+    def stop_after(task: dsl.PipelineTask, step: str) -> None:
+        """stop_run on ``task``'s problem: fails (with no retries) when there is one."""
+        stop_run_op(problem=task.outputs["problem"]).set_display_name(f"stop_run ({step})").set_caching_options(False)
 
     @dsl.pipeline(
         name=f"ftpipe-{config.registry.model_name}",
@@ -100,55 +125,44 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
     )
     def ftpipe_pipeline(config_json: str = config.to_json(), force_retrain: bool = False):
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-        fingerprinting = configure(
-            fingerprint_data_op(config_json=config_json, run_id=run_id), cluster.step_retries, "fingerprint_data"
-        )
-        cleaning = configure(
-            clean_data_op(config_json=config_json, data_key=fingerprinting.output),
-            cluster.step_retries,
-            "clean_data",
-            cache=True,
-        )
-        cleaned = cleaning.outputs["cleaned"]
-        comparing = configure(
-            compare_data_op(config_json=config_json, run_id=run_id, cleaned=cleaned, force=force_retrain),
-            cluster.step_retries,
-            "compare_data",
-        )
-        with dsl.If(comparing.outputs["Output"] == True, name="data-changed"):  # noqa: E712 - a KFP condition
-            selecting = configure(
-                select_model_op(config_json=config_json, run_id=run_id, cleaned=cleaned),
-                cluster.step_retries,
-                "select_model",
+        # Each task runs inside the conditions entered before it: the guards of the steps above it and the
+        # data-changed and gate-passed decisions. The stack closes them, innermost first, at the end.
+        with contextlib.ExitStack() as conditions:
+
+            def step(task: dsl.PipelineTask, name: str, retries: int = cluster.step_retries, cache: bool = False):
+                configure(task, retries, name, cache)
+                conditions.enter_context(unless_stopped(task, name))
+                return task
+
+            fingerprinting = step(fingerprint_data_op(config_json=config_json, run_id=run_id), "fingerprint_data")
+            cleaning = step(
+                clean_data_op(config_json=config_json, data_key=fingerprinting.outputs["key"]), "clean_data", cache=True
             )
-            training = configure(
-                finetune_op(
-                    config_json=config_json,
-                    run_id=run_id,
-                    cleaned=cleaned,
-                    selection=selecting.outputs["selection"],
-                ),
-                cluster.finetune_retries,
-                "finetune",
+            cleaned = cleaning.outputs["cleaned"]
+            comparing = step(
+                compare_data_op(config_json=config_json, run_id=run_id, cleaned=cleaned, force=force_retrain),
+                "compare_data",
             )
-            _on_gpu_node(training, cluster)
-            evaluating = configure(
-                evaluate_op(config_json=config_json, run_id=run_id, cleaned=cleaned, model=training.outputs["model"]),
-                cluster.step_retries,
-                "evaluate",
+            conditions.enter_context(dsl.If(comparing.outputs["changed"] == True, name="data-changed"))  # noqa: E712
+            selecting = step(select_model_op(config_json=config_json, run_id=run_id, cleaned=cleaned), "select_model")
+            selection = selecting.outputs["selection"]
+            training = finetune_op(config_json=config_json, run_id=run_id, cleaned=cleaned, selection=selection)
+            _on_gpu_node(step(training, "finetune", cluster.finetune_retries), cluster)
+            model = training.outputs["model"]
+            evaluating = step(
+                evaluate_op(config_json=config_json, run_id=run_id, cleaned=cleaned, model=model), "evaluate"
             )
-            with dsl.If(evaluating.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-                configure(
-                    register_model_op(
-                        config_json=config_json,
-                        run_id=run_id,
-                        cleaned=cleaned,
-                        selection=selecting.outputs["selection"],
-                        model=training.outputs["model"],
-                        evaluation=evaluating.outputs["evaluation"],
-                    ),
-                    cluster.step_retries,
-                    "register_model",
-                )
+            conditions.enter_context(dsl.If(evaluating.outputs["gate_passed"] == True, name="gate-passed"))  # noqa: E712
+            registering = register_model_op(
+                config_json=config_json,
+                run_id=run_id,
+                cleaned=cleaned,
+                selection=selection,
+                model=model,
+                evaluation=evaluating.outputs["evaluation"],
+            )
+            # Nothing follows registration, and a condition with no task inside is not valid KFP: its stop_run
+            # always runs (and succeeds when there is no problem).
+            stop_after(configure(registering, cluster.step_retries, "register_model"), "register_model")
 
     return ftpipe_pipeline

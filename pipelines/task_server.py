@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 WARM_START_ENV = "FTPIPE_WARM_START"
-# Set by the shell of the task command rather than by the runner: they may differ between server and task.
-_SHELL_VARIABLES = frozenset({"PWD", "OLDPWD", "SHLVL", "_"})
+# Set by the shell of the task command rather than by the runner: they may differ between server and task
+# (bash's checkwinsize sets COLUMNS and LINES after a command it ran: seen before stop_run's task).
+_SHELL_VARIABLES = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES"})
 _ACCEPT_POLL_S = 1.0  # how often an idle server checks that the run that started it is still there
 
 

@@ -228,7 +228,9 @@ class StorageConfig(StrictModel):
     region: str = "us-east-1"
     artifact_root: str = Field("s3://ftpipe/runs", description="Prefix for every artifact a run writes.")
     connect_timeout_s: float = Field(5.0, gt=0)
-    max_attempts: int = Field(3, ge=1, description="boto3 retry attempts for S3 calls.")
+    max_attempts: int = Field(
+        3, ge=0, description="boto3's retries of an S3 call (its standard retry mode) before a task fails."
+    )
 
 
 class Toleration(StrictModel):
@@ -253,8 +255,15 @@ class ClusterConfig(StrictModel):
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the fine-tune task.")
     finetune_cpu: str = Field("4", description="CPU request of the fine-tune task.")
     finetune_memory: str = Field("16G", description="Memory request of the fine-tune task.")
-    finetune_retries: int = Field(2, ge=0, description="Retries of the fine-tune task (preempted GPU nodes).")
-    step_retries: int = Field(3, ge=0, description="Retries of the steps that only talk to S3.")
+    finetune_retries: int = Field(
+        2, ge=0, description="Retries of the fine-tune task (preempted GPU nodes, S3 not answering)."
+    )
+    step_retries: int = Field(
+        3, ge=0, description="Retries of the other steps (S3 not answering or throttling, a lost pod)."
+    )
+    retry_backoff_s: int = Field(
+        30, ge=1, le=600, description="Wait before a task's first retry; doubled for each next one, up to 10 min."
+    )
 
 
 HIGHER, LOWER = "higher", "lower"  # which way a metric is better

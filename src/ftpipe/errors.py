@@ -2,6 +2,11 @@
 
 Anything raised as an :class:`FtpipeError` is shown by the CLI (and by the KFP components) as its
 message alone; any other exception is a bug in ftpipe and keeps its traceback.
+
+Most of them are deterministic: the same config and data fail the same way again, so a pipeline task that
+meets one ends the run at once instead of being retried. Only :class:`StorageUnavailable` (S3 does not
+answer, or is throttling or failing on its side) is ``transient``: the task fails and KFP retries it with
+back-off, as it does for a pod that dies (a preempted node).
 """
 
 
@@ -9,6 +14,7 @@ class FtpipeError(Exception):
     """A problem the user can fix; the message says what it is."""
 
     exit_code = 2
+    transient = False  # True: retrying the same work may succeed (see the module docstring)
 
 
 class ConfigError(FtpipeError):
@@ -23,6 +29,12 @@ class StorageError(FtpipeError):
     """S3 or a local path cannot be reached, read or written."""
 
     exit_code = 3
+
+
+class StorageUnavailable(StorageError):
+    """S3 does not answer, times out, throttles or fails on its side (5xx): worth retrying later."""
+
+    transient = True
 
 
 class PreconditionFailed(StorageError):

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from ftpipe.errors import ModelError, StorageError
+from ftpipe.errors import ModelError, StorageError, StorageUnavailable
 from ftpipe.storage import Storage, is_s3, local_path
 
 
@@ -34,15 +34,21 @@ def resolve_source(source: str, storage: Storage) -> str:
             try:
                 storage.download_dir(source, target)
             except StorageError as error:
-                raise ModelError(f"cannot fetch model {source}: {error}") from None
+                kind = StorageUnavailable if error.transient else ModelError  # a retry may cure only the first
+                raise kind(f"cannot fetch model {source}: {error}") from None
             complete.touch()
         return str(target)
+    if is_hub_id(source):
+        return source  # loading it offline fails with a ModelError from the loader
     path = local_path(source)
-    if source.startswith(("file://", "/", ".")) or path.exists():
-        if not path.is_dir():
-            raise ModelError(f"model directory not found: {source}")
-        return str(path)
-    return source  # a hub id; loading it offline fails with a ModelError from the loader
+    if not path.is_dir():
+        raise ModelError(f"model directory not found: {source}")
+    return str(path)
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether a candidate source names a model on a hub rather than a local directory or S3 prefix."""
+    return not (is_s3(source) or source.startswith(("file://", "/", ".")) or local_path(source).exists())
 
 
 def read_license(model_dir: str) -> str | None:

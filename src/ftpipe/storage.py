@@ -2,7 +2,9 @@
 
 This is the only module that talks to boto3. A URI is either ``s3://bucket/key`` or a local path
 (``file://`` prefix optional). Every failure a user can cause (an endpoint that does not answer,
-refused credentials, a missing object or bucket) becomes a :class:`StorageError` with one clear line.
+refused credentials, a missing object or bucket) becomes a :class:`StorageError` with one clear line;
+what a retry may cure (no answer, timeouts, throttling, 5xx, once botocore's own retries ran out) is a
+:class:`StorageUnavailable`, so that pipeline tasks fail and are retried only for those.
 
 Endpoint and credentials, in order: the config's ``endpoint_url``, the standard AWS environment
 variables, then the embedded server started by ``ftpipe s3 up``. Credentials are never read from a
@@ -26,7 +28,11 @@ from typing import Any
 
 from ftpipe import s3server
 from ftpipe.config import StorageConfig
-from ftpipe.errors import PreconditionFailed, StorageError
+from ftpipe.errors import PreconditionFailed, StorageError, StorageUnavailable
+
+# Error codes S3 servers send when they shed load (AWS, MinIO, SeaweedFS, Ceph).
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
+                     "ServiceUnavailable", "InternalError", "TooManyRequests"}
 
 
 @dataclass(frozen=True)
@@ -111,36 +117,47 @@ class Storage:
 
     @contextlib.contextmanager
     def _s3_errors(self, uri: str) -> Iterator[None]:
-        """Turn boto3's exceptions into one clear StorageError line."""
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+        """Turn boto3's exceptions into one clear StorageError line (StorageUnavailable where a retry may help)."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
-        except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", ""))
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status == 412:
-                raise PreconditionFailed(f"conditional write lost a race on {uri}") from None
-            if code in {"NoSuchKey", "404", "NotFound"}:
-                raise StorageError(f"not found: {uri}") from None
-            if code == "NoSuchBucket":
-                raise StorageError(f"bucket does not exist: {parse_s3(uri).bucket} (for {uri})") from None
-            if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"}:
-                raise StorageError(
-                    f"S3 at {self.endpoint_url or 'AWS'} refused the credentials for {uri} ({code})"
-                ) from None
-            raise StorageError(f"S3 error on {uri}: {code} {error}") from None
-        except EndpointConnectionError:
-            raise StorageError(
+        except S3UploadFailedError as error:  # the transfer manager wraps the ClientError it met
+            cause = error.__context__
+            if isinstance(cause, ClientError | BotoCoreError):
+                raise self._storage_error(cause, uri) from None
+            raise StorageUnavailable(f"S3 error on {uri}: {error}") from None
+        except (ClientError, BotoCoreError) as error:
+            raise self._storage_error(error, uri) from None
+
+    def _storage_error(self, error: Exception, uri: str) -> StorageError:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(error, EndpointConnectionError):
+            return StorageUnavailable(
                 f"S3 endpoint {self.endpoint_url} does not answer (is the server up? `ftpipe s3 up` starts "
                 "the embedded one)"
-            ) from None
-        except NoCredentialsError:
-            raise StorageError(
+            )
+        if isinstance(error, NoCredentialsError):
+            return StorageError(
                 "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `ftpipe s3 up`"
-            ) from None
-        except BotoCoreError as error:
-            raise StorageError(f"S3 error on {uri}: {error}") from None
+            )
+        if not isinstance(error, ClientError):  # timeouts, dropped connections: botocore's retries ran out
+            return StorageUnavailable(f"S3 error on {uri}: {error}")
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status == 412:
+            return PreconditionFailed(f"conditional write lost a race on {uri}")
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            return StorageError(f"not found: {uri}")
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket does not exist: {parse_s3(uri).bucket} (for {uri})")
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"}:
+            return StorageError(f"S3 at {self.endpoint_url or 'AWS'} refused the credentials for {uri} ({code})")
+        if status >= 500 or status == 429 or code in _THROTTLING_CODES:
+            return StorageUnavailable(f"S3 at {self.endpoint_url or 'AWS'} is unavailable for {uri}: {code} {error}")
+        return StorageError(f"S3 error on {uri}: {code} {error}")
 
     def check(self, uri: str) -> None:
         """Fail early, with one line, when the storage behind ``uri`` cannot be reached or used."""

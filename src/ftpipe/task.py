@@ -1,9 +1,16 @@
 """What every pipeline task does around its step, kept here so the KFP components stay thin.
 
 A task parses the config passed as a pipeline parameter, runs its step with the output prefix of
-this run, and turns a user error into one line (on stderr and, when ``FTPIPE_ERROR_FILE`` is set by
-``ftpipe run --local``, in that file) and a non-zero exit. KFP artifacts are duck-typed here
-(anything with ``.path`` and ``.metadata``), so this module needs no ``kfp`` import.
+this run, and turns an error into one line (on stderr and, when ``FTPIPE_ERROR_FILE`` is set by
+``ftpipe run --local``, in that file). KFP artifacts are duck-typed here (anything with ``.path`` and
+``.metadata``), so this module needs no ``kfp`` import.
+
+Every step component returns ``(ok, problem, ...)``, and the two kinds of error part there. A transient one
+(:class:`~ftpipe.errors.StorageUnavailable`; a pod that dies with its node is another) fails the task, which
+KFP then retries with back-off. A deterministic one (bad config or data, a missing column or model) would
+fail the same way on every retry, each after a longer back-off: the task succeeds instead, with ``ok``
+false and the error as ``problem``, and the DAG ends the run at once in :func:`stop_run`, a task without
+retries that fails with that line.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,11 +70,13 @@ def run_step(
     run_id: str,
     call: Callable[[PipelineConfig, str, Storage], ResultT],
     libraries: Sequence[str] = (),
-) -> ResultT:
-    """Run ``call(config, output_uri, storage)`` for one step; a user error ends the task with one line.
+) -> ResultT | Stopped:
+    """Run ``call(config, output_uri, storage)`` for one step; an error ends it with one line.
 
-    ``libraries`` are the heavy modules the step imports (``ftpipe.steps.<step>.LIBRARIES``): they load
-    first, through :func:`load_libraries`.
+    A transient error exits non-zero (KFP retries the task); a deterministic one comes back as
+    :class:`Stopped`, which the component returns (see the module docstring). ``libraries`` are the heavy
+    modules the step imports (``ftpipe.steps.<step>.LIBRARIES``): they load first, through
+    :func:`load_libraries`.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_libraries(libraries)
@@ -75,7 +85,41 @@ def run_step(
         return call(config, step_output_uri(config, run_id, step), _storage(config_json))
     except FtpipeError as error:
         report_error(f"{step}: {error}")
-        raise SystemExit(error.exit_code) from None
+        if error.transient:
+            raise SystemExit(error.exit_code) from None
+        return Stopped(f"{step}: {error}")
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A step met a deterministic error: its task succeeds with ``ok`` false, and the DAG stops the run."""
+
+    problem: str
+
+    def outputs(self, *artifacts: Any, **values: Any) -> tuple:
+        """The component's return value ``(False, problem, *values)``, its output ``artifacts`` left empty.
+
+        KFP uploads every output artifact a task declares, so each gets an empty file; ``values`` are the
+        placeholders of the component's other outputs, in their order.
+        """
+        for artifact in artifacts:
+            write_text(artifact, "")
+        return (False, self.problem, *values.values())
+
+
+def succeeded(*values: Any) -> tuple:
+    """The return value ``(True, "", *values)`` of a step component whose step ran."""
+    return (True, "", *values)
+
+
+def stop_run(problem: str) -> None:
+    """End the run with the line of the step that met a deterministic error (the stop_run task).
+
+    An empty ``problem`` (after the last step, whose stop_run always runs) ends nothing.
+    """
+    if problem:
+        report_error(problem)
+        raise SystemExit(FtpipeError.exit_code)
 
 
 def write_text(artifact: Any, text: str, **metadata: Any) -> None:

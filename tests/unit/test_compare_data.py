@@ -3,7 +3,7 @@
 import pytest
 
 from ftpipe.config import parse_config
-from ftpipe.errors import DataError
+from ftpipe.errors import DataError, ModelError
 from ftpipe.registry import ModelRegistry
 from ftpipe.steps import compare_data, fingerprint_data
 from ftpipe.storage import Storage
@@ -14,7 +14,7 @@ def _config(tmp_path, **cleaning):
         {
             "data": {"uri": str(tmp_path / "data.csv")},
             "cleaning": cleaning,
-            "candidates": [{"name": "m", "source": str(tmp_path)}],
+            "candidates": [{"name": "m", "source": str(tmp_path / "model")}],
             "registry": {"uri": str(tmp_path / "registry"), "model_name": "m"},
         }
     )
@@ -22,6 +22,8 @@ def _config(tmp_path, **cleaning):
 
 def test_the_data_key_changes_with_the_data_and_the_recipe_only(tmp_path):
     (tmp_path / "data.csv").write_text("text,label\na,x\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     first = fingerprint_data.run(_config(tmp_path)).key
     assert fingerprint_data.run(_config(tmp_path)).key == first
     (tmp_path / "data.csv").write_text("text,label\na,x\nb,y\n")  # new data under the same URI
@@ -30,7 +32,24 @@ def test_the_data_key_changes_with_the_data_and_the_recipe_only(tmp_path):
     assert fingerprint_data.run(_config(tmp_path, lowercase=True)).key != second
 
 
+def test_the_data_key_covers_the_tokenizer_files_but_not_the_weights(tmp_path):
+    (tmp_path / "data.csv").write_text("text,label\na,x\n")
+    with pytest.raises(ModelError, match="tokenizer not found"):  # here, not in clean_data, whose cache keeps failures
+        fingerprint_data.run(_config(tmp_path))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (model / "model.safetensors").write_bytes(b"weights")
+    first = fingerprint_data.run(_config(tmp_path)).key
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert fingerprint_data.run(_config(tmp_path)).key == first
+    (model / "vocab.txt").write_text("[PAD]\n[UNK]\nnew\n")  # the tokenizer replaced in place
+    assert fingerprint_data.run(_config(tmp_path)).key != first
+
+
 def test_the_data_key_needs_the_data(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "vocab.txt").write_text("[PAD]\n")
     with pytest.raises(DataError, match="dataset not found"):
         fingerprint_data.run(_config(tmp_path))
 

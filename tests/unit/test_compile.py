@@ -24,21 +24,62 @@ def _all_tasks(spec: dict) -> dict:
     return tasks
 
 
-def test_compiled_pipeline_loads_back_with_every_step_and_both_conditions(tmp_path):
+def _conditions_above(spec: dict) -> dict[str, list[str]]:
+    """Each task's name, with the trigger conditions of the groups it sits in, outermost first."""
+    found: dict[str, list[str]] = {}
+
+    def walk(dag: dict, conditions: list[str]) -> None:
+        for name, task in dag["tasks"].items():
+            found[name] = conditions
+            inner = spec["components"][task["componentRef"]["name"]].get("dag")
+            if inner is not None:
+                condition = task.get("triggerPolicy", {}).get("condition")  # none on an If/Else pair's group
+                walk(inner, [*conditions, condition] if condition else conditions)
+
+    walk(spec["root"]["dag"], [])
+    return found
+
+
+def test_compiled_pipeline_loads_back_with_every_step_and_its_conditions(tmp_path):
     output = _compile(tmp_path)
     loaded = kfp_components.load_component_from_file(str(output))
     assert loaded.name == "ftpipe-sms-spam"
     spec = yaml.safe_load(output.read_text().split("\n---\n")[0])
     tasks = _all_tasks(spec)
     assert STEPS <= set(tasks)
-    data_changed = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert "compare-data-Output" in data_changed["triggerPolicy"]["condition"]
-    training = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert {"select-model", "finetune", "evaluate", "condition-2"} <= set(training)
-    assert "evaluate-Output" in training["condition-2"]["triggerPolicy"]["condition"]
-    assert "register-model" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
-    assert set(tasks["evaluate"]["dependentTasks"]) == {"finetune"}
+    above = _conditions_above(spec)
+
+    def ok(step: str) -> str:
+        return f"inputs.parameter_values['pipelinechannel--{step}-ok'] == true"
+
+    changed = "inputs.parameter_values['pipelinechannel--compare-data-changed'] == true"
+    gate = "inputs.parameter_values['pipelinechannel--evaluate-gate_passed'] == true"
+    assert above["fingerprint-data"] == []
+    assert above["select-model"] == [ok("fingerprint-data"), ok("clean-data"), ok("compare-data"), changed]
+    assert above["finetune"] == [*above["select-model"], ok("select-model")]
+    assert above["register-model"] == [*above["finetune"], ok("finetune"), ok("evaluate"), gate]
+    model = tasks["evaluate"]["inputs"]["artifacts"]["model"]  # from finetune, through the conditions above it
+    assert model["componentInputArtifact"] == "pipelinechannel--finetune-model"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "force_retrain"}
+
+
+def test_a_step_that_meets_a_user_error_ends_the_run_in_stop_run_without_retries(tmp_path):
+    """Every step but the last is followed by an If on its `ok` output, whose Else stops the run (defect 3)."""
+    spec = yaml.safe_load(_compile(tmp_path).read_text().split("\n---\n")[0])
+    tasks = _all_tasks(spec)
+    above = _conditions_above(spec)
+    stops = {task["taskInfo"]["name"]: (key, task) for key, task in tasks.items() if key.startswith("stop-run")}
+    assert set(stops) == {f"stop_run ({step.replace('-', '_')})" for step in STEPS}
+    for step in STEPS:
+        key, stop = stops[f"stop_run ({step.replace('-', '_')})"]
+        problem = stop["inputs"]["parameters"]["problem"]
+        assert problem.get("taskOutputParameter", {}).get("producerTask") == step or problem.get(
+            "componentInputParameter"
+        ) == f"pipelinechannel--{step}-problem"
+        assert "retryPolicy" not in stop and not stop.get("cachingOptions", {}).get("enableCache")
+        if step != "register-model":  # the last step: its stop_run always runs, and succeeds on no problem
+            assert above[key] == [*above[step], f"!(inputs.parameter_values['pipelinechannel--{step}-ok'] == true)"]
+    assert all(tasks[step]["retryPolicy"]["maxRetryCount"] > 0 for step in STEPS)
 
 
 def test_only_clean_data_is_cached_and_on_the_data_key(tmp_path):
@@ -46,7 +87,7 @@ def test_only_clean_data_is_cached_and_on_the_data_key(tmp_path):
     cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
     assert cached == {"clean-data"}
     clean_inputs = tasks["clean-data"]["inputs"]["parameters"]
-    assert clean_inputs["data_key"]["taskOutputParameter"]["producerTask"] == "fingerprint-data"
+    assert clean_inputs["data_key"]["componentInputParameter"] == "pipelinechannel--fingerprint-data-key"
     assert "run_id" not in clean_inputs  # a per-run input would make the cache never hit
 
 
@@ -87,6 +128,7 @@ def test_retries_are_set_with_backoff(tmp_path):
     assert tasks["finetune"]["retryPolicy"]["maxRetryCount"] == 2
     assert tasks["clean-data"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["clean-data"]["retryPolicy"]["backoffFactor"] == 2.0
+    assert tasks["clean-data"]["retryPolicy"]["backoffDuration"] == "30s"
 
 
 def test_compile_of_an_invalid_config_is_one_line(tmp_path, capsys):

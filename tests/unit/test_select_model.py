@@ -14,7 +14,7 @@ from split_files import LABELS, write_split
 
 from ftpipe import models
 from ftpipe.config import parse_config
-from ftpipe.errors import DataError, ModelError
+from ftpipe.errors import DataError, ModelError, StorageUnavailable
 from ftpipe.steps import select_model
 from ftpipe.storage import Storage
 from ftpipe.tasks.base import stratified_sample
@@ -178,3 +178,22 @@ def test_parameter_count_from_safetensors_header_matches_the_loaded_model(model_
     encoder = models.load_encoder(model_dirs.wide)
     assert select_model.safetensors_parameter_count(model_dirs.wide) == models.count_parameters(encoder)
     assert select_model.safetensors_parameter_count(model_dirs.pickled) is None
+
+
+def test_a_candidate_that_s3_cannot_serve_now_fails_the_task_instead_of_being_skipped(model_dirs, splits, monkeypatch):
+    """Skipping it would pick another model because of a hiccup; the task fails and KFP retries it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    config = parse_config(
+        {
+            "data": {"uri": "unused.csv"},
+            "registry": {"model_name": "test"},
+            "candidates": [
+                {"name": "on-s3", "source": "s3://models/base/minilm"},
+                {"name": "small", "source": model_dirs.small},
+            ],
+            "storage": {"endpoint_url": "http://127.0.0.1:9", "connect_timeout_s": 0.5, "max_attempts": 0},
+        }
+    )
+    with pytest.raises(StorageUnavailable, match="cannot fetch model s3://models/base/minilm.*does not answer"):
+        select_model.run(config, splits.train, splits.validation, LABELS, splits.output)

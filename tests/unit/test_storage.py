@@ -4,7 +4,9 @@ import threading
 
 import pytest
 
-from ftpipe.errors import PreconditionFailed, StorageError
+from ftpipe.config import StorageConfig
+from ftpipe.data.readers import SINGLE, Source, read_source
+from ftpipe.errors import PreconditionFailed, StorageError, StorageUnavailable
 from ftpipe.storage import Storage, join
 
 
@@ -67,3 +69,27 @@ def test_missing_objects_are_one_clear_error(tmp_path):
     with pytest.raises(StorageError, match="nothing found under"):
         storage.download_dir(str(tmp_path / "absent-dir"), tmp_path / "out")
     assert storage.etag(str(tmp_path / "absent")) is None
+
+
+def test_only_what_a_retry_may_cure_is_transient(monkeypatch):
+    """Pipeline tasks fail (and KFP retries them) only for StorageUnavailable; other errors stop the run."""
+    from botocore.exceptions import ClientError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    nobody = Storage(StorageConfig(endpoint_url="http://127.0.0.1:9", connect_timeout_s=0.5, max_attempts=1))
+    with pytest.raises(StorageUnavailable, match="does not answer") as unreachable:
+        nobody.read_bytes("s3://bucket/key")
+    assert unreachable.value.transient
+    with pytest.raises(StorageUnavailable, match="^data.uri: S3 endpoint"):  # still transient, through a reader
+        read_source(Source(SINGLE, "data.uri", "s3://bucket/data.csv"), "auto", {"text": "data.text_column"}, nobody)
+
+    def answer(code: str, status: int) -> StorageError:
+        error = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return nobody._storage_error(error, "s3://bucket/key")
+
+    for code, status in [("SlowDown", 503), ("InternalError", 500), ("TooManyRequests", 429), ("Odd", 502)]:
+        assert answer(code, status).transient, code
+    for code, status in [("NoSuchKey", 404), ("AccessDenied", 403), ("NoSuchBucket", 404), ("InvalidRange", 416)]:
+        assert not answer(code, status).transient, code
+    assert isinstance(answer("PreconditionFailed", 412), PreconditionFailed)

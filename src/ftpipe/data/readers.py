@@ -188,7 +188,7 @@ def read_source(source: Source, data_format: str, wanted: dict[str, str], storag
                 message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise DataError(f"cannot read {source.setting} {source.uri} as {data_format}: {message}") from None
     except StorageError as error:
-        raise StorageError(f"{source.setting}: {error}") from None
+        raise type(error)(f"{source.setting}: {error}") from None  # the same kind: a transient one stays one
     if not set(wanted) <= set(frame.columns):
         raise _missing_column_error(source, [str(c) for c in frame.columns], wanted)
     if len(frame) == 0:

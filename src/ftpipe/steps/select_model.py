@@ -154,6 +154,8 @@ def _score_candidate(
     try:
         resolved = models.resolve_source(candidate.source, storage)
     except FtpipeError as error:
+        if error.transient:  # S3 failing now says nothing about the candidate: the task is retried instead
+            raise
         raise _Skip(str(error)) from None
 
     license_id = candidate_license(candidate, resolved)
