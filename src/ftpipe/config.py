@@ -9,6 +9,7 @@ silently ignored setting. ``ftpipe config schema`` prints the JSON schema of :cl
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -139,18 +140,42 @@ class SelectModelConfig(StrictModel):
 
 
 class FinetuneConfig(StrictModel):
-    """Hyper-parameters of the fine-tune step (Hugging Face Trainer)."""
+    """Hyper-parameters of the fine-tune step (Hugging Face Trainer).
 
-    learning_rate: float = Field(5e-5, gt=0)
-    epochs: float = Field(3.0, gt=0, description="Maximum epochs; early stopping may end sooner.")
+    Settings left unset (None) are fitted to the data and the model by ``ftpipe.training.recipe``, which logs
+    each derived value with its reason; a value set here always wins.
+    """
+
+    learning_rate: float | None = Field(
+        None, gt=0, description="None: by model size (1e-4 up to 50M parameters, 5e-5 to 150M, then 3e-5, 2e-5)."
+    )
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Maximum epochs; early stopping may end sooner. None: 3, or more to reach 500 optimizer steps "
+        "on small sets (at most 50 epochs and 30,000 steps).",
+    )
     batch_size: int = Field(16, ge=1, description="Per-device train batch size.")
     eval_batch_size: int = Field(64, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description="Share of the steps the learning rate warms up over; None: 6% (10% above 150M)."
+    )
     weight_decay: float = Field(0.01, ge=0)
     dropout: float | None = Field(None, ge=0, lt=1, description="Overrides the model's dropout when set.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing (text_classification only).")
-    max_length: int = Field(128, ge=8, description="Texts are truncated to this many tokens.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Texts are truncated to this many tokens. None: the length 98% of the training texts fit in "
+        "(a multiple of 8, at least 32, at most the model's window); the model is saved with it.",
+    )
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate on validation (and checkpoint) every this many steps. None: every epoch, or about "
+        "10 times in all when that is more often (small sets), at most every 2,000 steps (large sets).",
+    )
     seed: int = 42
     early_stopping_patience: int = Field(2, ge=1, description="Evaluations without improvement before stopping.")
     metric_for_best_model: str | None = Field(
@@ -264,6 +289,218 @@ class ClusterConfig(StrictModel):
     retry_backoff_s: int = Field(
         30, ge=1, le=600, description="Wait before a task's first retry; doubled for each next one, up to 10 min."
     )
+
+
+# A value a categorical parameter or a condition may take (what Optuna's CategoricalDistribution accepts).
+Scalar = bool | int | float | str | None
+
+
+class _SweepParam(StrictModel):
+    """What every distribution of a sweep's search space has: an optional condition."""
+
+    when: dict[str, Scalar] | None = Field(
+        None,
+        min_length=1,
+        description="Sample this parameter only when every named setting equals its value: another parameter of "
+        "the space (`candidate`, `training.<field>`) or a fixed `training.<field>` of the config. Otherwise the "
+        "trial does not set it and the config's value stays.",
+    )
+
+
+class LogUniformParam(_SweepParam):
+    """A float drawn uniformly on a log scale (learning rates, weight decay)."""
+
+    type: Literal["log_uniform"] = "log_uniform"
+    low: float = Field(gt=0, description="Smallest value (> 0: its logarithm is taken).")
+    high: float = Field(gt=0, description="Largest value.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniformParam:
+        if self.low >= self.high:
+            raise ValueError(f"`low` ({self.low}) must be below `high` ({self.high})")
+        return self
+
+
+class UniformParam(_SweepParam):
+    """A float drawn uniformly between two bounds (dropout, warm-up ratio)."""
+
+    type: Literal["uniform"] = "uniform"
+    low: float = Field(description="Smallest value.")
+    high: float = Field(description="Largest value.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformParam:
+        if self.low >= self.high:
+            raise ValueError(f"`low` ({self.low}) must be below `high` ({self.high})")
+        return self
+
+
+class IntParam(_SweepParam):
+    """An integer between two bounds, both included (batch size, max length)."""
+
+    type: Literal["int"] = "int"
+    low: int = Field(description="Smallest value.")
+    high: int = Field(description="Largest value (included).")
+    step: int | None = Field(None, ge=1, description="Only low, low + step, ... high; a grid needs it.")
+    log: bool = Field(False, description="Draw on a log scale (low must then be >= 1, and no step).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"`low` ({self.low}) must not exceed `high` ({self.high})")
+        if self.log and (self.low < 1 or self.step not in (None, 1)):
+            raise ValueError("`log` needs `low` >= 1 and no `step`")
+        if self.step is not None and (self.high - self.low) % self.step:
+            raise ValueError(f"`high` - `low` ({self.high - self.low}) is not a multiple of `step` ({self.step})")
+        return self
+
+
+class CategoricalParam(_SweepParam):
+    """One of a list of values (a candidate's name, an attention kernel, a batch size)."""
+
+    type: Literal["categorical"] = "categorical"
+    choices: list[Scalar] = Field(min_length=1, description="The values to choose from.")
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[Scalar]) -> list[Scalar]:
+        if len({json.dumps(choice) for choice in choices}) != len(choices):
+            raise ValueError("contains duplicates")
+        return choices
+
+
+SweepParam = Annotated[LogUniformParam | UniformParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class Rung(StrictModel):
+    """One rung of successive halving: how many trials train, on what share of the training budget."""
+
+    trials: int = Field(ge=1, description="Trials trained on this rung (the best of the rung below).")
+    budget: float = Field(gt=0, le=1, description="Share of `training.epochs` each trial trains for.")
+
+
+class SweepConfig(StrictModel):
+    """A hyper-parameter sweep: many fine-tunes of sampled settings, the best on validation wins.
+
+    The trials of rung 0 are sampled (`trials` of them); each next rung trains the best trials of the rung below
+    (by the validation metric early stopping watches) on a larger share of the epochs. The test split is never
+    looked at: the winner is the best complete trial of the last rung on validation.
+    """
+
+    space: dict[str, SweepParam] = Field(
+        min_length=1,
+        description="Search space, {setting path: distribution}: `training.<field>` (any fine-tune setting but "
+        "`metric_for_best_model`) or `candidate` (categorical over the names in `candidates`).",
+    )
+    sampler: Literal["tpe", "qmc", "random", "grid"] = Field(
+        "tpe",
+        description="Optuna sampler of rung 0: `tpe` (Bayesian, after 10 random trials), `qmc` (scrambled Sobol), "
+        "`random`, `grid` (every combination; only categorical and stepped int parameters).",
+    )
+    trials: int = Field(ge=1, description="Trials sampled and trained on rung 0 (the first rung's `trials`).")
+    parallelism: int = Field(1, ge=1, description="Trials trained at the same time.")
+    seed: int = Field(42, description="Seed of the sampler, so a rerun with the same records samples the same.")
+    rungs: list[Rung] = Field(
+        None,
+        min_length=1,
+        validate_default=True,
+        description="Successive halving: trials strictly decreasing (the first is `trials`), budgets increasing, "
+        "the last 1.0. Default: one rung of `trials` at budget 1.0 (no halving).",
+    )
+    early_stop_ratio: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A trial whose first validation metric is worse than this fraction of its rung's median so far "
+        "stops (for a lower-is-better metric: worse than median / ratio); None never stops a trial early.",
+    )
+
+    @field_validator("rungs", mode="before")
+    @classmethod
+    def _one_rung_by_default(cls, rungs: Any, info: Any) -> Any:
+        if rungs is None:  # a missing or invalid `trials` fails on its own; the placeholder keeps errors to one
+            return [{"trials": info.data.get("trials", 1), "budget": 1.0}]
+        return rungs
+
+    @field_validator("rungs")
+    @classmethod
+    def _halving(cls, rungs: list[Rung], info: Any) -> list[Rung]:
+        trials = info.data.get("trials")
+        if trials is not None and rungs[0].trials != trials:
+            raise ValueError(f"the first rung's trials ({rungs[0].trials}) must equal `trials` ({trials})")
+        for lower, upper in zip(rungs, rungs[1:], strict=False):
+            if upper.trials >= lower.trials:
+                raise ValueError(f"trials must strictly decrease from rung to rung ({lower.trials}, {upper.trials})")
+            if upper.budget <= lower.budget:
+                raise ValueError(f"budgets must strictly increase from rung to rung ({lower.budget}, {upper.budget})")
+        if rungs[-1].budget != 1.0:
+            raise ValueError(f"the last rung's budget must be 1.0 (the full training), not {rungs[-1].budget}")
+        return rungs
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_fits_the_space(cls, sampler: str, info: Any) -> str:
+        space = info.data.get("space") or {}
+        if sampler == "qmc":  # a Sobol point has one coordinate per parameter, every trial
+            for path, param in space.items():
+                if param.when is not None:
+                    raise ValueError(f"qmc takes no conditional parameters (space.{path} has `when`); use tpe")
+        if sampler != "grid":
+            return sampler
+        for path, param in space.items():
+            if not (isinstance(param, CategoricalParam) or (isinstance(param, IntParam) and param.step is not None)):
+                raise ValueError(
+                    f"grid needs every parameter categorical or an int with a `step`; space.{path} is {param.type}"
+                    + (" without a step" if isinstance(param, IntParam) else "")
+                )
+            if param.when is not None:
+                raise ValueError(f"grid takes no conditional parameters (space.{path} has `when`)")
+        return sampler
+
+    @model_validator(mode="after")
+    def _conditions_form_no_cycle(self) -> SweepConfig:
+        self.sampling_order()
+        if self.sampler == "grid" and self.trials > self.grid_size:
+            raise ValueError(f"`trials` ({self.trials}) exceeds the {self.grid_size} points of the grid")
+        return self
+
+    def sampling_order(self) -> list[str]:
+        """The space's paths in an order where each comes after the parameters its condition names."""
+        order: list[str] = []
+        visiting: list[str] = []
+
+        def visit(path: str) -> None:
+            if path in order:
+                return
+            if path in visiting:
+                raise ValueError(f"space.{path}.when: conditions form a cycle ({' -> '.join([*visiting, path])})")
+            visiting.append(path)
+            for other in self.space[path].when or {}:
+                if other == path:
+                    raise ValueError(f"space.{path}.when: a parameter cannot depend on itself")
+                if other in self.space:
+                    visit(other)
+            visiting.pop()
+            order.append(path)
+
+        for path in self.space:
+            visit(path)
+        return order
+
+    @property
+    def grid_size(self) -> int:
+        """Points of the grid (every combination of every parameter's values)."""
+        size = 1
+        for param in self.space.values():
+            if isinstance(param, CategoricalParam):
+                size *= len(param.choices)
+            elif isinstance(param, IntParam) and param.step is not None:
+                size *= (param.high - param.low) // param.step + 1
+        return size
+
+
+# Settings a sweep cannot vary: trials scored on different metrics could not be compared.
+_UNSWEPT_TRAINING = {"metric_for_best_model"}
 
 
 HIGHER, LOWER = "higher", "lower"  # which way a metric is better
@@ -408,6 +645,9 @@ class PipelineConfig(StrictModel):
     registry: RegistryConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    sweep: SweepConfig | None = Field(
+        None, description="A hyper-parameter sweep over `training` settings and candidates; None trains once."
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -430,6 +670,53 @@ class PipelineConfig(StrictModel):
                 raise ValueError(f"{path}: {metric!r} is not a metric of task {self.task.type} (it has {named})")
         return self
 
+    @model_validator(mode="after")
+    def _sweep_fits_the_config(self) -> PipelineConfig:
+        if self.sweep is None:
+            return self
+        names = [candidate.name for candidate in self.candidates]
+        for path, param in self.sweep.space.items():
+            where = f"sweep.space.{path}"
+            if path == "candidate":
+                if not isinstance(param, CategoricalParam):
+                    raise ValueError(f"{where}: the candidate is categorical over candidate names, not {param.type}")
+                unknown = [choice for choice in param.choices if choice not in names]
+                if unknown:
+                    raise ValueError(f"{where}: {unknown} are not names in `candidates` ({', '.join(names)})")
+            else:
+                field = self._training_field(where, path)
+                for value in _values_to_check(param):
+                    self._check_training_value(where, field, value)
+            for other, value in (param.when or {}).items():
+                here = f"{where}.when.{other}"
+                if other in self.sweep.space:
+                    condition = self.sweep.space[other]
+                    if isinstance(condition, CategoricalParam) and value not in condition.choices:
+                        raise ValueError(f"{here}: {value!r} is not one of sweep.space.{other}'s choices")
+                elif other == "candidate":
+                    raise ValueError(f"{here}: `candidate` is not in sweep.space (a fixed candidate is only known "
+                                     "after select_model)")
+                else:
+                    self._check_training_value(here, self._training_field(here, other), value)
+        return self
+
+    def _training_field(self, where: str, path: str) -> str:
+        """The FinetuneConfig field a `training.<field>` path names."""
+        prefix, _, field = path.partition(".")
+        if prefix != "training" or field not in FinetuneConfig.model_fields:
+            raise ValueError(f"{where}: unknown setting {path!r} (use `candidate` or training.<field>, one of "
+                             f"{', '.join(FinetuneConfig.model_fields)})")
+        if field in _UNSWEPT_TRAINING:
+            raise ValueError(f"{where}: {path} cannot be swept: trials scored on different metrics do not compare")
+        return field
+
+    def _check_training_value(self, where: str, field: str, value: Any) -> None:
+        try:
+            FinetuneConfig.model_validate({**self.training.model_dump(), field: value})
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where}: {value!r} does not fit training.{field}: {problem}") from None
+
     @property
     def gate_metric(self) -> str:
         """The test metric the gate compares with production."""
@@ -448,6 +735,16 @@ class PipelineConfig(StrictModel):
     def to_json(self) -> str:
         """The config as compact JSON, the form passed between pipeline tasks."""
         return self.model_dump_json()
+
+
+def _values_to_check(param: LogUniformParam | UniformParam | IntParam | CategoricalParam) -> list[Any]:
+    """Values whose fit to a training field proves the whole range fits (field bounds are intervals)."""
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if isinstance(param, IntParam):
+        return [param.low, param.high]
+    # The float just above `low` is not a whole number, so an int field refuses a float distribution.
+    return [param.low, param.high, math.nextafter(param.low, param.high)]
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:

@@ -47,3 +47,7 @@ class ModelError(FtpipeError):
 
 class RegistryError(FtpipeError):
     """A registry name, version or alias does not exist or cannot be changed."""
+
+
+class SweepError(FtpipeError):
+    """A sweep cannot go on: no trial of a rung completed, or its records do not fit its config."""

@@ -118,6 +118,7 @@ class FinetuneResult(StepResult):
     stopped_early: bool
     resumed_from_checkpoint: str | None
     notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
+    recipe: list[str] = []  # each training setting, with where it came from (ftpipe.training.recipe)
     log_uri: str
     report_html_uri: str
     report_markdown_uri: str

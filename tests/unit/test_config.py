@@ -14,7 +14,7 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "pipelines" / "examples").glob("*
 
 def test_minimal_config_fills_documented_defaults():
     config = load_config(CONFIGS / "valid-minimal.yaml")
-    assert config.training.epochs == 3.0
+    assert config.training.epochs is None and config.training.learning_rate is None  # fitted to the data
     assert config.cleaning.unicode_form == "NFKC"
     assert config.tokenizer_source == "./models/tiny"
     assert config.cluster.s3_secret_name == "ftpipe-s3-credentials"

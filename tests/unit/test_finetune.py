@@ -90,6 +90,12 @@ def test_trains_and_saves_a_model_that_reloads_and_predicts(tiny_bert_dir, split
     assert "best validation f1_macro" in Path(result.report_markdown_uri).read_text()
     assert not (Path(splits.output) / "checkpoints").exists()  # the mirror is removed after success
     assert finetune.FinetuneResult.from_json(result.to_json()) == result
+    # max_length was left unset: fitted to the texts, saved with the model, and shown with its reason
+    length_line = next(line for line in result.recipe if line.startswith("max_length = "))
+    assert "of the training texts fit in" in length_line
+    assert tokenizer.model_max_length == int(length_line.split()[2]) < 512
+    assert "epochs = 2 (set in the config)" in result.recipe
+    assert "## Recipe" in Path(result.report_markdown_uri).read_text()
 
 
 def test_early_stopping_ends_training_when_validation_stops_improving(tiny_bert_dir, splits):

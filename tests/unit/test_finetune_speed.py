@@ -15,6 +15,7 @@ from ftpipe.config import FinetuneConfig, parse_config
 from ftpipe.errors import ConfigError, ModelError
 from ftpipe.steps import finetune
 from ftpipe.tasks import get_task
+from ftpipe.training.recipe import derive
 
 
 def test_importing_the_step_module_loads_neither_torch_nor_transformers():
@@ -61,14 +62,20 @@ def _config(tiny_bert_dir: str = "t", **training):
     )
 
 
+def _recipe(config, rows: int):
+    return derive(config.training, train_rows=rows, batch_size=16, num_parameters=4_000_000, max_length=(64, "test"))
+
+
 def test_training_arguments_carry_the_speed_settings(tmp_path):
     config = _config()
-    arguments = finetune._training_arguments(config, get_task(config), tmp_path, 160)
+    arguments = finetune._training_arguments(config, get_task(config), tmp_path, 160, _recipe(config, 160))
     assert arguments.optim == "adamw_torch_fused" and not arguments.torch_compile
     assert not arguments.bf16 and not arguments.fp16  # fp32 on this CPU
     assert arguments.train_sampling_strategy == "group_by_length"
     plain_config = _config(fused_optimizer=False)
-    plain = finetune._training_arguments(plain_config, get_task(plain_config), tmp_path, 160, batch_size=32)
+    plain = finetune._training_arguments(
+        plain_config, get_task(plain_config), tmp_path, 160, _recipe(plain_config, 160), batch_size=32
+    )
     assert plain.optim == "adamw_torch" and plain.per_device_train_batch_size == 32
 
 

@@ -1,10 +1,12 @@
-"""finetune: train a sequence classifier on the cleaned splits with the Hugging Face Trainer.
+"""finetune: train the selected candidate on the cleaned splits with the Hugging Face Trainer.
 
-The selected candidate gets a new classification head (``id2label``/``label2id`` from the labels);
-every hyper-parameter comes from ``config.training``. Texts are tokenized once up front without
-padding; batches are padded dynamically (and grouped by length when ``group_by_length`` is on). The
-validation split is evaluated each epoch (accuracy and macro-F1), early stopping watches
-``metric_for_best_model`` and the best epoch's weights are the ones saved.
+The selected candidate gets the task's head (``id2label``/``label2id`` from the labels); every
+hyper-parameter comes from ``config.training``, and those it leaves unset from the recipe fitted to the
+data and the model (``ftpipe.training.recipe``: length, epochs, learning rate, warm-up, evaluation
+interval). Texts are tokenized once up front without padding; batches are padded dynamically (and grouped
+by length when ``group_by_length`` is on). The validation split is evaluated each epoch (or every
+``eval_steps``), early stopping watches ``metric_for_best_model`` and the best evaluation's weights are
+the ones saved.
 
 Speed (each a ``config.training`` switch, on by default where it leaves results unchanged): fused AdamW,
 SDPA attention, as many torch threads as CPUs the pod may use; on a CUDA GPU, bf16 mixed precision (fp16
@@ -53,6 +55,7 @@ from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import stratified_sample
 from ftpipe.training import metric_keys
 from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints
+from ftpipe.training.recipe import Recipe, derive, fit_max_length
 
 if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module stays light
     from transformers import TrainerCallback
@@ -203,6 +206,7 @@ def _training_arguments(
     task: Task,
     output_dir: Path,
     train_rows: int,
+    recipe: Recipe,
     max_steps: int = -1,
     batch_size: int | None = None,
 ):
@@ -216,20 +220,22 @@ def _training_arguments(
     steps_per_epoch = math.ceil(train_rows / (batch_size * training.gradient_accumulation_steps))
     return TrainingArguments(
         output_dir=str(output_dir),
-        learning_rate=training.learning_rate,
-        num_train_epochs=training.epochs,
+        learning_rate=recipe.learning_rate,
+        num_train_epochs=recipe.epochs,
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=training.eval_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        warmup_steps=recipe.warmup_steps,
         weight_decay=training.weight_decay,
         label_smoothing_factor=training.label_smoothing,
         seed=training.seed,
         data_seed=training.seed,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        eval_strategy="epoch" if recipe.eval_steps is None else "steps",
+        eval_steps=recipe.eval_steps,
+        save_strategy="epoch" if recipe.eval_steps is None else "steps",
+        save_steps=recipe.eval_steps,
         logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 10),  # about ten points per epoch on the loss curve
         logging_first_step=True,
@@ -251,7 +257,7 @@ def _training_arguments(
     )
 
 
-def _device_batch_size(training: FinetuneConfig, model: Any, num_parameters: int) -> int:
+def _device_batch_size(training: FinetuneConfig, model: Any, num_parameters: int, max_length: int) -> int:
     """The per-device train batch size on a CUDA GPU (``training.gpu_batch_size``)."""
     if training.gpu_batch_size is None:
         return training.batch_size
@@ -266,11 +272,29 @@ def _device_batch_size(training: FinetuneConfig, model: Any, num_parameters: int
         num_parameters=num_parameters,
         hidden_size=int(getattr(config, "hidden_size", None) or getattr(config, "d_model", 1024)),
         num_layers=int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 24)),
-        max_length=training.max_length,
+        max_length=max_length,
         base=training.batch_size,
     )
     logger.info("gpu_batch_size auto: %d per device (%.1f GiB free)", batch, free / 2**30)
     return batch
+
+
+# Enough texts for the length quantile the recipe takes, and few enough to tokenize in a second.
+_LENGTH_SAMPLE = 10_000
+
+
+def _token_lengths(tokenizer: Any, train: Any, seed: int) -> list[int]:
+    """The untruncated lengths, in the model's tokens (special tokens included), of a sample of the train texts."""
+    texts = train["text"]
+    if len(texts) > _LENGTH_SAMPLE:
+        texts = texts.sample(_LENGTH_SAMPLE, random_state=seed)
+    return [len(ids) for ids in tokenizer(texts.tolist(), add_special_tokens=True)["input_ids"]]
+
+
+def _window(model: Any, tokenizer: Any) -> int:
+    """The longest input the model takes: its position embeddings, or what its tokenizer declares."""
+    limits = (tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None))
+    return min((value for value in limits if value and value < 1_000_000), default=512)  # 1e30: "no limit"
 
 
 def _model_card(
@@ -358,10 +382,21 @@ def run(
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(training.cpu_threads or available_cpus())
-    batch_size = _device_batch_size(training, model, num_parameters) if cuda else training.batch_size
+    max_length = fit_max_length(training, _token_lengths(tokenizer, train, training.seed), _window(model, tokenizer))
+    batch_size = _device_batch_size(training, model, num_parameters, max_length[0]) if cuda else training.batch_size
+    recipe = derive(
+        training,
+        train_rows=len(train),
+        batch_size=batch_size,
+        num_parameters=num_parameters,
+        max_length=max_length,
+    )
+    for line in recipe.lines():
+        logger.info("recipe: %s", line)
+    tokenizer.model_max_length = recipe.max_length  # saved with the model: prediction truncates as training did
 
-    train_dataset = task.dataset(train, tokenizer, training.max_length, model.config)
-    validation_dataset = task.dataset(validation, tokenizer, training.max_length, model.config)
+    train_dataset = task.dataset(train, tokenizer, recipe.max_length, model.config)
+    validation_dataset = task.dataset(validation, tokenizer, recipe.max_length, model.config)
     logger.info(
         "fine-tuning %s (%s parameters) on %d train / %d validation rows, %d labels",
         chosen.name,
@@ -382,7 +417,7 @@ def run(
 
         trainer = Trainer(
             model=model,
-            args=_training_arguments(config, task, checkpoint_dir, len(train_dataset), max_steps, batch_size),
+            args=_training_arguments(config, task, checkpoint_dir, len(train_dataset), recipe, max_steps, batch_size),
             train_dataset=train_dataset,
             eval_dataset=validation_dataset,
             # pads each batch to its own longest text (to a multiple of 8 on a GPU, the tensor cores' tile)
@@ -439,6 +474,7 @@ def run(
             stopped_early=state.global_step < state.max_steps or bool(restored and restored.stop_decided),
             resumed_from_checkpoint=restored.uri if restored else None,
             notes=notes,
+            recipe=recipe.lines(),
         )
         log_history = list(state.log_history)
         best_step = state.best_global_step
@@ -529,6 +565,7 @@ def _document(fields: dict[str, Any], log_history: list[dict[str, Any]], best_st
     document = reports.Document(f"Fine-tuning {fields['base_model_name']}")
     document.section("Summary").table(("", "value"), _summary_rows(fields))
     document.items(fields["notes"])
+    document.section("Recipe").items(fields["recipe"])
     document.section("Loss").image(_loss_chart(log_history), "training and validation loss per step")
     chart = _metric_chart(log_history, fields["best_metric_name"], best_step)
     document.section("Validation metrics").image(chart, "validation metrics per epoch")

@@ -91,7 +91,9 @@ _ACTIVATIONS = {
 }
 
 
-def predict_outputs(model, tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int, activation: str):
+def predict_outputs(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int | None, activation: str
+):
     """The head's outputs per text (``softmax``, ``sigmoid`` or ``identity`` of the logits), in batches of similar
     length."""
     import torch

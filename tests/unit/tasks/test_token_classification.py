@@ -387,6 +387,7 @@ def test_train_save_predict_and_the_snippet(tiny_bert_dir, tmp_path, one_torch_t
     from transformers import AutoTokenizer, Trainer
 
     from ftpipe.steps.finetune import _training_arguments
+    from ftpipe.training.recipe import derive
 
     config = make_config(
         task={"label_all_subwords": True},
@@ -402,7 +403,13 @@ def test_train_save_predict_and_the_snippet(tiny_bert_dir, tmp_path, one_torch_t
     validation_dataset = task.dataset(validation, tokenizer, 16, model.config)
     trainer = Trainer(
         model=model,
-        args=_training_arguments(config, task, tmp_path / "checkpoints", len(train_dataset)),
+        args=_training_arguments(
+            config,
+            task,
+            tmp_path / "checkpoints",
+            len(train_dataset),
+            derive(config.training, train_rows=48, batch_size=8, num_parameters=10**6, max_length=(16, "test")),
+        ),
         train_dataset=train_dataset,
         eval_dataset=validation_dataset,
         data_collator=task.collator(tokenizer, None),

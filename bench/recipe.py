@@ -1,0 +1,132 @@
+"""The default recipe on real data held out from the demo: fixed (the old defaults) against fitted to the data.
+
+``python -m bench.recipe [--smoke] [--out DIR] [--only NAME,...]``. For each case (a dataset and a number of
+training rows): clean_data splits a seeded sample, select_model fits its frozen-embedding probe, finetune trains
+all-MiniLM-L6-v2 twice (the recipe before it was fitted: 3 epochs at 5e-5, 10% warm-up, 128 tokens; then with
+every recipe setting unset, so ``ftpipe.training.recipe`` derives it), evaluate scores both on the same test
+split, and a TF-IDF (1-2 grams) + logistic regression baseline is fitted on the same train split. Prints one
+``bench=recipe case=... key=value`` line per case and writes ``<out>/recipe.json``.
+
+Not part of ``python -m bench`` (whose benchmarks measure speed): this one measures model quality, and takes
+about 15 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import OUT_DIR, dataset, machine, minilm_path, quiet_libraries
+
+# (name, dataset, training rows); every case is tested on 1,000 rows held out from its training rows
+CASES = (
+    ("trec-3000", "trec", 3000),
+    ("trec-100", "trec", 100),
+    ("movie-reviews-3000", "movie-reviews", 3000),
+)
+FIXED = {"epochs": 3, "learning_rate": 5e-5, "warmup_ratio": 0.1, "max_length": 128}  # the defaults until 2026-12
+
+
+def _baseline(train, test) -> dict[str, float]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(max_iter=2000))
+    model.fit(train["text"], train["label"])
+    predicted = model.predict(test["text"])
+    return {
+        "accuracy": float(accuracy_score(test["label"], predicted)),
+        "f1_macro": float(f1_score(test["label"], predicted, average="macro")),
+    }
+
+
+def run_case(name: str, data_name: str, train_rows: int, work: Path, seed: int = 13) -> dict[str, Any]:
+    import pandas as pd
+
+    from ftpipe.config import parse_config
+    from ftpipe.steps import clean_data, evaluate, finetune, select_model
+
+    frame = dataset(data_name).drop_duplicates("text").sample(frac=1.0, random_state=seed)
+    # The user's own three splits: a test set of the same 1,000 rows whatever the training size.
+    sizes = {"test": 1000, "validation": max(50, train_rows // 10), "train": train_rows}
+    uris, start = {}, 0
+    for split, size in sizes.items():
+        uris[split] = work / f"{name}-{split}.csv"
+        frame.iloc[start : start + size].to_csv(uris[split], index=False)
+        start += size
+    base = {
+        "data": {f"{split}_uri": str(uri) for split, uri in uris.items()},
+        "candidates": [{"name": "all-minilm-l6-v2", "source": minilm_path()}],
+        "registry": {"uri": str(work / "registry"), "model_name": "recipe"},
+        "storage": {"artifact_root": str(work / "runs")},
+    }
+    config = parse_config(base)
+    cleaned = clean_data.run(config, str(work / name / "clean"))
+    selection = select_model.run(
+        config, cleaned.train_uri, cleaned.validation_uri, cleaned.labels, str(work / name / "select")
+    )
+    figures: dict[str, Any] = {
+        "train_rows": cleaned.counts["train"],
+        "test_rows": cleaned.counts["test"],
+        "labels": len(cleaned.labels),
+        "probe_validation_f1_macro": round(selection.selected.probe_value, 4),
+    }
+    baseline = _baseline(pd.read_parquet(cleaned.train_uri), pd.read_parquet(cleaned.test_uri))
+    figures.update({f"baseline_{key}": round(value, 4) for key, value in baseline.items()})
+    for recipe, training in (("fixed", FIXED), ("fitted", {})):
+        run_config = parse_config({**base, "training": {**training, "seed": seed}})
+        began = time.perf_counter()
+        trained = finetune.run(
+            run_config,
+            cleaned.train_uri,
+            cleaned.validation_uri,
+            cleaned.labels,
+            selection.selected,
+            str(work / name / f"ft-{recipe}"),
+        )
+        scored = evaluate.run(
+            run_config, cleaned.test_uri, cleaned.labels, trained.model_uri, str(work / name / f"eval-{recipe}")
+        )
+        figures[f"{recipe}_seconds"] = round(time.perf_counter() - began, 1)
+        figures[f"{recipe}_epochs"] = trained.epochs_trained
+        figures[f"{recipe}_validation_f1_macro"] = round(trained.best_metric_value, 4)
+        figures[f"{recipe}_accuracy"] = round(float(scored.metrics["accuracy"]), 4)
+        figures[f"{recipe}_f1_macro"] = round(float(scored.metrics["f1_macro"]), 4)
+        if recipe == "fitted":
+            figures["fitted_recipe"] = trained.recipe
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.recipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the 100-row case only")
+    parser.add_argument("--only", default=None, help="comma-separated case names: " + ", ".join(c[0] for c in CASES))
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    wanted = set(args.only.split(",")) if args.only else {"trec-100"} if args.smoke else {c[0] for c in CASES}
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ftpipe-bench-recipe-") as scratch:
+        for name, data_name, rows in CASES:
+            if name not in wanted:
+                continue
+            figures = run_case(name, data_name, rows, Path(scratch))
+            results[name] = figures
+            shown = " ".join(f"{key}={value}" for key, value in figures.items() if key != "fitted_recipe")
+            print(f"bench=recipe case={name} {shown}", flush=True)
+            for line in figures["fitted_recipe"]:
+                print(f"#   {name} fitted: {line}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"bench": "recipe", "cases": results, "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (args.out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
