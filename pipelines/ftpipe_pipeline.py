@@ -22,19 +22,24 @@ ever part of the config or the YAML: tasks read them from the Secret as environm
 """
 
 import contextlib
+import re
 from collections.abc import Iterator
+from typing import Any
 
 from kfp import dsl, kubernetes
 
 from components import DEFAULT_IMAGE, with_image
+from components.choose_trial import choose_trial
 from components.clean_data import clean_data
 from components.compare_data import compare_data
 from components.evaluate import evaluate
 from components.finetune import finetune
 from components.fingerprint_data import fingerprint_data
+from components.plan_trials import plan_trials
 from components.register_model import register_model
 from components.select_model import select_model
 from components.stop_run import stop_run
+from components.train_trial import train_trial
 from ftpipe.config import ClusterConfig, PipelineConfig
 
 # Back-off between retries of a task (from cluster.retry_backoff_s): S3 hiccups and preempted nodes clear up
@@ -79,7 +84,10 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
     """The pipeline for ``config``, its tasks running in ``image`` (default ``ftpipe:<version>``)."""
     cluster = config.cluster
     image = image or cluster.image or DEFAULT_IMAGE
-    steps = (fingerprint_data, clean_data, compare_data, select_model, finetune, evaluate, register_model, stop_run)
+    steps = (
+        fingerprint_data, clean_data, compare_data, select_model, finetune, evaluate, register_model, stop_run,
+        plan_trials, train_trial, choose_trial,
+    )
     (
         fingerprint_data_op,
         clean_data_op,
@@ -89,6 +97,9 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
         evaluate_op,
         register_model_op,
         stop_run_op,
+        plan_trials_op,
+        train_trial_op,
+        choose_trial_op,
     ) = (with_image(component, image) for component in steps)
 
     def configure(task: dsl.PipelineTask, retries: int, name: str, cache: bool = False) -> dsl.PipelineTask:
@@ -109,14 +120,49 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
         The step's task then succeeded with ``ok`` false (see ftpipe.task), so that KFP does not retry what
         would fail the same way again; stop_run, with no retries, fails the run with the step's error.
         """
-        with dsl.If(task.outputs["ok"] == True, name=f"{step}-ok"):  # noqa: E712 - a KFP condition
+        slug = re.sub(r"\W+", "-", step).strip("-")
+        with dsl.If(task.outputs["ok"] == True, name=f"{slug}-ok"):  # noqa: E712 - a KFP condition
             yield
-        with dsl.Else(name=f"{step}-failed"):
+        with dsl.Else(name=f"{slug}-failed"):
             stop_after(task, step)
 
     def stop_after(task: dsl.PipelineTask, step: str) -> None:
         """stop_run on ``task``'s problem: fails (with no retries) when there is one."""
         stop_run_op(problem=task.outputs["problem"]).set_display_name(f"stop_run ({step})").set_caching_options(False)
+
+    def sweep(step, config_json, run_id, cleaned, selection):
+        """The rungs of ``config.sweep`` (fixed at compile time), then the winner's model (see ftpipe.sweep).
+
+        Each rung: plan_trials lists its trials, a ParallelFor trains them (each its own fine-tune task, on a
+        GPU node of its own), and the next rung's plan_trials waits for all of them (dsl.Collected).
+        """
+        done: Any = []
+        for rung in range(len(config.sweep.rungs)):
+            planning = step(
+                plan_trials_op(config_json=config_json, run_id=run_id, rung=rung, after=done),
+                f"plan_trials (rung {rung})",
+            )
+            with dsl.ParallelFor(planning.outputs["trials"], parallelism=config.sweep.parallelism) as trial:
+                training = train_trial_op(
+                    config_json=config_json,
+                    run_id=run_id,
+                    trial=trial,
+                    sweep_uri=planning.outputs["sweep_uri"],
+                    cleaned=cleaned,
+                    selection=selection,
+                )
+                _on_gpu_node(configure(training, cluster.finetune_retries, f"train_trial (rung {rung})"), cluster)
+            done = dsl.Collected(training.outputs["Output"])
+        choosing = step(
+            choose_trial_op(
+                config_json=config_json,
+                run_id=run_id,
+                sweep_uri=planning.outputs["sweep_uri"],
+                trials=dsl.Collected(training.outputs["model"]),
+            ),
+            "choose_trial",
+        )
+        return choosing.outputs["model"]
 
     @dsl.pipeline(
         name=f"ftpipe-{config.registry.model_name}",
@@ -146,9 +192,12 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
             conditions.enter_context(dsl.If(comparing.outputs["changed"] == True, name="data-changed"))  # noqa: E712
             selecting = step(select_model_op(config_json=config_json, run_id=run_id, cleaned=cleaned), "select_model")
             selection = selecting.outputs["selection"]
-            training = finetune_op(config_json=config_json, run_id=run_id, cleaned=cleaned, selection=selection)
-            _on_gpu_node(step(training, "finetune", cluster.finetune_retries), cluster)
-            model = training.outputs["model"]
+            if config.sweep is None:
+                training = finetune_op(config_json=config_json, run_id=run_id, cleaned=cleaned, selection=selection)
+                _on_gpu_node(step(training, "finetune", cluster.finetune_retries), cluster)
+                model = training.outputs["model"]
+            else:
+                model = sweep(step, config_json, run_id, cleaned, selection)
             evaluating = step(
                 evaluate_op(config_json=config_json, run_id=run_id, cleaned=cleaned, model=model), "evaluate"
             )

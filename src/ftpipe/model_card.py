@@ -109,6 +109,7 @@ def render_model_card(
     cleaning: Mapping[str, Any],
     hyperparameters: Mapping[str, Any],
     gate: Mapping[str, Any] | None,
+    sweep: Mapping[str, Any] | None = None,
     run_id: str,
     ftpipe_version: str = __version__,
     created_at: datetime | str | None = None,
@@ -133,6 +134,8 @@ def render_model_card(
         data_uris: the data it came from and the splits written ({role: uri} or a list of URIs).
         cleaning: counts from clean_data (rows read, kept, quarantined by reason, ...).
         hyperparameters: the training settings.
+        sweep: the sweep that chose this model, if one did: ``winner`` and ``trials`` (TrialRecords as dicts),
+            ``importances`` and ``space``.
         gate: ``passed`` (bool), ``metric``, ``tolerance``, ``reasons`` (list of str) and ``production``
             (None, or ``version``, ``metrics``, ``delta``, ``same_labels``, ``compared_metric``).
         run_id: the pipeline run that produced the model.
@@ -199,6 +202,7 @@ def render_model_card(
         "",
         _pairs(hyperparameters),
         "",
+        *_sweep_section(sweep),
         "## Test metrics",
         "",
         _metrics_section(metrics, labels, metric_names),
@@ -221,6 +225,29 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _sweep_section(sweep: Mapping[str, Any] | None) -> list[str]:
+    """The sweep's trials and the winner (chosen on validation), as lines; none when no sweep chose the model."""
+    if not sweep:
+        return []
+    winner = sweep["winner"]
+    paths = list(sweep["space"])
+    rows = [
+        [t["rung"], t["trial"], *(_value(t["params"].get(path, "-")) for path in paths), _value(t["budget"]),
+         t["state"], "-" if t["value"] is None else f"{t['value']:.4f}"]
+        for t in sweep["trials"]
+    ]
+    importances = ", ".join(f"{path} {value:.2f}" for path, value in sweep.get("importances", {}).items())
+    return [
+        "## Sweep",
+        "",
+        f"Trial {winner['trial']} won on validation {winner['metric']} ({winner['value']:.4f}); the test split chose "
+        f"nothing. Importance of each setting: {importances or 'too few trials to tell'}.",
+        "",
+        markdown_table(["rung", "trial", *paths, "budget", "state", f"validation {winner['metric']}"], rows),
+        "",
+    ]
 
 
 def _metrics_section(metrics: Mapping[str, Any], labels: Sequence[str], metric_names: Sequence[str]) -> str:

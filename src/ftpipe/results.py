@@ -119,6 +119,8 @@ class FinetuneResult(StepResult):
     resumed_from_checkpoint: str | None
     notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
     recipe: list[str] = []  # each training setting, with where it came from (ftpipe.training.recipe)
+    # The sweep that chose this model (choose_trial): winner, trials, importances, space, hyperparameters.
+    sweep: dict[str, Any] | None = None
     log_uri: str
     report_html_uri: str
     report_markdown_uri: str
@@ -166,3 +168,30 @@ class RegisterModelResult(StepResult):
     model_card_uri: str
     metadata_uri: str
     aliases_set: list[str]
+
+
+class PlanTrialsResult(StepResult):
+    """The trials one rung of a sweep trains (``ftpipe.sweep.PlannedTrial`` as plain dicts, for a ParallelFor)."""
+
+    rung: int
+    trials: list[dict[str, Any]]
+    sweep_uri: str  # where the records are: the trials and the winner's choice read and write there
+
+
+class TrainTrialResult(StepResult):
+    """One trial of a sweep: its record, and the fine-tune's result when it trained."""
+
+    record: dict[str, Any]  # ftpipe.sweep.TrialRecord
+    finetuned: FinetuneResult | None
+
+
+class ChooseTrialResult(StepResult):
+    """The sweep's winner on validation, with every trial, for the registry and the model card."""
+
+    winner: dict[str, Any]  # its TrialRecord
+    finetuned: FinetuneResult
+    trials: list[dict[str, Any]]  # every TrialRecord, by rung and trial
+    importances: dict[str, float]
+    space: dict[str, Any]
+    report_html_uri: str
+    report_markdown_uri: str

@@ -101,6 +101,11 @@ class PlannedTrial(BaseModel):
 # -- records on storage ---------------------------------------------------------------------------
 
 
+def sweep_uri(config: PipelineConfig, run_id: str) -> str:
+    """The prefix a run's sweep keeps its trial records, trial models and report under."""
+    return join(config.storage.artifact_root, run_id, "sweep")
+
+
 def record_uri(prefix: str, rung: int, trial: int) -> str:
     """Where the record of one trial on one rung lives under a sweep prefix."""
     return join(prefix, "trials", f"rung-{rung:02d}", f"trial-{trial:05d}.json")

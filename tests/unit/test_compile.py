@@ -144,3 +144,22 @@ def test_every_task_shows_its_step_name_in_the_kfp_ui(tmp_path):
     tasks = _all_tasks(yaml.safe_load(_compile(tmp_path).read_text().split("\n---\n")[0]))
     names = {key: task["taskInfo"]["name"] for key, task in tasks.items() if key in STEPS}
     assert names == {step: step.replace("-", "_") for step in STEPS}
+
+
+def test_a_sweep_compiles_to_one_parallel_for_per_rung_feeding_the_winner_to_evaluate(tmp_path):
+    output = tmp_path / "sweep.yaml"
+    example = Path(__file__).parents[2] / "pipelines" / "examples" / "sms-spam-sweep.yaml"
+    assert main(["compile", "--config", str(example), "-o", str(output)]) == 0
+    spec = yaml.safe_load(output.read_text().split("\n---\n")[0])
+    tasks = _all_tasks(spec)
+    loops = {key: task for key, task in tasks.items() if "parameterIterator" in task}
+    assert len(loops) == 2  # the two rungs
+    assert {task["parameterIterator"]["items"]["inputParameter"] for task in loops.values()} == {
+        "pipelinechannel--plan-trials-trials",
+        "pipelinechannel--plan-trials-2-trials",
+    }
+    assert "finetune" not in tasks and {"plan-trials", "plan-trials-2", "choose-trial"} <= set(tasks)
+    model = tasks["evaluate"]["inputs"]["artifacts"]["model"]
+    assert model["componentInputArtifact"] == "pipelinechannel--choose-trial-model"
+    platform = list(yaml.safe_load_all(output.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    assert platform["executors"]["exec-train-trial"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}

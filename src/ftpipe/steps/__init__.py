@@ -11,7 +11,8 @@ from ftpipe.config import PipelineConfig
 from ftpipe.results import StepResult as StepResult  # the base of every result, as before
 from ftpipe.storage import join
 
-# In pipeline order: the five of the design, and the two data checks that let a run skip training.
+# In pipeline order: the five of the design, the two data checks that let a run skip training, and the
+# steps of a sweep.
 STEP_NAMES = (
     "fingerprint_data",
     "clean_data",
@@ -20,6 +21,10 @@ STEP_NAMES = (
     "finetune",
     "evaluate",
     "register_model",
+    # a sweep (config.sweep) in place of finetune: its rungs' plans, trials and winner
+    "plan_trials",
+    "train_trial",
+    "choose_trial",
 )
 
 # The heavy modules a step's run() imports lazily (so that importing a step module for its Result type

@@ -69,17 +69,23 @@ def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: 
             "resumed_from_checkpoint",
         }
     )
-    return {
+    # The model trained: select_model's choice, or (in a sweep) the winning trial's candidate, which it ranked too.
+    base = next((score for score in selection.ranking if score.name == trained.base_model_name), None)
+    lineage = {
         "data_fingerprint": cleaned.fingerprint,
         "data_uris": data_uris,
         "labels": list(cleaned.labels),
         "cleaning": cleaning,
-        "base_model": selection.selected.name,
+        "base_model": trained.base_model_name,
         "base_model_source": trained.base_model_source,
-        "base_model_license": selection.selected.license,
+        "base_model_license": base.license if base else None,
         "base_model_parameters": trained.num_parameters,
         "training": training,
     }
+    if trained.sweep:  # the winner's own settings, and the sweep that chose it
+        lineage["hyperparameters"] = trained.sweep["hyperparameters"]
+        lineage["sweep"] = {key: value for key, value in trained.sweep.items() if key != "hyperparameters"}
+    return lineage
 
 
 def _license(config: PipelineConfig, lineage: dict[str, Any], model_dir: Path) -> str | None:
@@ -182,6 +188,7 @@ def run(
             "cleaning": lineage.get("cleaning") or {},
             "training": lineage.get("training") or {},
             "hyperparameters": hyperparameters,
+            "sweep": lineage.get("sweep"),
             "source_model_uri": model_uri,
             "config": config.model_dump(mode="json"),
             "run_id": run_id,
@@ -199,6 +206,7 @@ def run(
             data_uris=data_uris,
             cleaning=lineage.get("cleaning") or {},
             hyperparameters=hyperparameters,
+            sweep=lineage.get("sweep"),
             gate=gate,
             run_id=run_id,
             created_at=created_at,

@@ -92,7 +92,9 @@ def _learning_rate(training: FinetuneConfig, num_parameters: int) -> tuple[float
     return rate, f"for a model of {num_parameters / 1e6:.0f}M parameters"
 
 
-def _epochs(training: FinetuneConfig, steps_per_epoch: int) -> tuple[float, str]:
+def fit_epochs(training: FinetuneConfig, *, train_rows: int, batch_size: int) -> tuple[float, str]:
+    """``training.epochs``, or enough of them for ``train_rows`` rows (see the module docstring), and the reason."""
+    steps_per_epoch = _steps_per_epoch(training, train_rows, batch_size)
     if training.epochs is not None:
         return training.epochs, "set in the config"
     wanted = max(BASE_EPOCHS, MIN_STEPS / steps_per_epoch)
@@ -105,6 +107,10 @@ def _epochs(training: FinetuneConfig, steps_per_epoch: int) -> tuple[float, str]
     else:
         epochs, why = BASE_EPOCHS, f"{BASE_EPOCHS:g} epochs of {steps_per_epoch} steps give at least {MIN_STEPS}"
     return float(epochs), why + "; early stopping may end sooner"
+
+
+def _steps_per_epoch(training: FinetuneConfig, train_rows: int, batch_size: int) -> int:
+    return max(1, math.ceil(train_rows / (batch_size * training.gradient_accumulation_steps)))
 
 
 def derive(
@@ -121,8 +127,8 @@ def derive(
     """
     max_length, length_reason = max_length
     learning_rate, rate_reason = _learning_rate(training, num_parameters)
-    steps_per_epoch = max(1, math.ceil(train_rows / (batch_size * training.gradient_accumulation_steps)))
-    epochs, epochs_reason = _epochs(training, steps_per_epoch)
+    steps_per_epoch = _steps_per_epoch(training, train_rows, batch_size)
+    epochs, epochs_reason = fit_epochs(training, train_rows=train_rows, batch_size=batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))
 
     if training.warmup_ratio is not None:

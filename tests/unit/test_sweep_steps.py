@@ -1,0 +1,79 @@
+"""plan_trials, train_trial and choose_trial on a tiny random BERT: records, failed trials, the winner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from split_files import LABELS, write_split
+
+from ftpipe.config import parse_config
+from ftpipe.errors import SweepError
+from ftpipe.results import CandidateScore
+from ftpipe.steps import choose_trial, plan_trials, train_trial
+from ftpipe.storage import Storage
+from ftpipe.sweep import PlannedTrial, read_records
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _config(tiny_bert_dir: str, tmp_path: Path):
+    return parse_config(
+        {
+            "data": {"uri": "unused.csv"},
+            "registry": {"model_name": "test"},
+            "candidates": [
+                {"name": "tiny", "source": tiny_bert_dir},
+                {"name": "missing", "source": str(tmp_path / "no-such-model")},
+            ],
+            "training": {"epochs": 2, "batch_size": 8, "max_length": 32},
+            "sweep": {
+                "space": {
+                    "training.learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
+                    "candidate": {"type": "categorical", "choices": ["tiny", "missing"]},
+                },
+                "trials": 2,
+                "rungs": [{"trials": 2, "budget": 0.5}, {"trials": 1, "budget": 1.0}],
+            },
+        }
+    )
+
+
+def test_trials_are_recorded_a_failed_one_does_not_stop_the_sweep_and_the_winner_is_chosen(tiny_bert_dir, tmp_path):
+    config = _config(tiny_bert_dir, tmp_path)
+    storage = Storage()
+    sweep_uri = str(tmp_path / "sweep")
+    train = write_split(tmp_path / "train.parquet", 32, seed=1)
+    validation = write_split(tmp_path / "validation.parquet", 16, seed=2)
+    selected = CandidateScore(
+        name="tiny", source=tiny_bert_dir, license=None, num_parameters=1, probe_metric="f1_macro", probe_value=0.5,
+        probe_details={}, score=0.5, probe_seconds=0.1,
+    )
+    planned = plan_trials.run(config, 0, sweep_uri, storage)
+    assert len(planned.trials) == 2 and planned.sweep_uri == sweep_uri
+    trials = [
+        PlannedTrial(trial=0, rung=0, params={"training.learning_rate": 1e-3, "candidate": "tiny"}, budget=0.5),
+        PlannedTrial(trial=1, rung=0, params={"training.learning_rate": 1e-3, "candidate": "missing"}, budget=0.5),
+    ]
+    results = [
+        train_trial.run(config, trial, train, validation, LABELS, 32, selected, sweep_uri, storage) for trial in trials
+    ]
+    assert [result.record["state"] for result in results] == ["complete", "failed"]
+    assert results[0].finetuned.epochs_trained == 1.0  # half of the 2 epochs
+    assert results[1].finetuned is None and results[1].record["value"] is None
+    again = train_trial.run(config, trials[0], train, validation, LABELS, 32, selected, sweep_uri, storage)
+    assert again.record["state"] == "complete"  # a retried task keeps the first record
+    recorded = [(r.rung, r.trial, r.state) for r in read_records(storage, sweep_uri)]
+    assert recorded == [(0, 0, "complete"), (0, 1, "failed")]
+
+    with pytest.raises(SweepError, match="no trial of the last rung"):
+        choose_trial.run(config, results, sweep_uri, storage)
+    promoted = plan_trials.run(config, 1, sweep_uri, storage).trials
+    assert promoted == [{"trial": 0, "rung": 1, "params": trials[0].params, "budget": 1.0}]
+    last = train_trial.run(
+        config, PlannedTrial.model_validate(promoted[0]), train, validation, LABELS, 32, selected, sweep_uri, storage
+    )
+    chosen = choose_trial.run(config, [last], sweep_uri, storage)
+    assert chosen.winner["trial"] == 0 and chosen.finetuned.model_uri == last.finetuned.model_uri
+    assert chosen.finetuned.sweep["hyperparameters"]["learning_rate"] == 1e-3
+    assert "| 1 | 0 |" in Path(chosen.report_markdown_uri).read_text()  # rung 1, trial 0 in the trials table
