@@ -135,6 +135,21 @@ def read_records(storage: Storage, prefix: str) -> list[TrialRecord]:
     return sorted(records, key=lambda record: (record.rung, record.trial))
 
 
+def first_evaluation_uri(prefix: str, rung: int, trial: int) -> str:
+    """Where a trial leaves its first validation metric, for the early stop of hopeless trials in its rung."""
+    return join(prefix, "first-evaluations", f"rung-{rung:02d}", f"trial-{trial:05d}.json")
+
+
+def first_evaluations(storage: Storage, prefix: str, rung: int) -> dict[int, float]:
+    """{trial: its first validation metric} of the rung's trials that have evaluated once."""
+    found = {}
+    for uri in storage.list(join(prefix, "first-evaluations", f"rung-{rung:02d}")):
+        if uri.endswith(".json"):
+            entry = storage.read_json(uri)
+            found[int(entry["trial"])] = float(entry["value"])
+    return found
+
+
 # -- planning a rung ------------------------------------------------------------------------------
 
 

@@ -77,3 +77,25 @@ def test_trials_are_recorded_a_failed_one_does_not_stop_the_sweep_and_the_winner
     assert chosen.winner["trial"] == 0 and chosen.finetuned.model_uri == last.finetuned.model_uri
     assert chosen.finetuned.sweep["hyperparameters"]["learning_rate"] == 1e-3
     assert "| 1 | 0 |" in Path(chosen.report_markdown_uri).read_text()  # rung 1, trial 0 in the trials table
+
+
+def test_a_trial_far_below_its_rungs_first_evaluations_stops_there(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from ftpipe.training.callbacks import HopelessTrialStop
+
+    storage, sweep_uri = Storage(), str(tmp_path / "sweep")
+
+    def first_evaluation(trial: int, value: float, direction: str = "higher") -> HopelessTrialStop:
+        stop = HopelessTrialStop(storage, sweep_uri, 0, trial, "f1_macro", direction, 0.5)
+        control = TrainerControl()
+        stop.on_evaluate(None, TrainerState(), control, metrics={"eval_f1_macro": value})
+        stop.on_evaluate(None, TrainerState(), control, metrics={"eval_f1_macro": 0.0})  # later ones: not looked at
+        assert control.should_training_stop == stop.stopped
+        return stop
+
+    assert not first_evaluation(0, 0.90).stopped  # the first of its rung: nothing to compare with
+    assert not first_evaluation(1, 0.80).stopped
+    assert first_evaluation(2, 0.30).stopped  # under half the median (0.85)
+    assert not first_evaluation(3, 0.50).stopped  # median of 0.9, 0.8, 0.3 is 0.8: 0.5 is above half of it
+    assert HopelessTrialStop(storage, sweep_uri, 0, 9, "f1_macro", "higher", None).ratio is None

@@ -5,6 +5,9 @@ The trial's config is the run's with the trial's settings applied (``ftpipe.swee
 epochs being ``training.epochs`` or what the recipe fits to the data. The record (``TrialRecord``) is written
 create-only under the sweep prefix, so a retried task never overwrites another trial's.
 
+A trial whose first validation metric is far worse than its rung's median so far stops there and is recorded as
+pruned (``sweep.early_stop_ratio``; see ``ftpipe.training.callbacks.HopelessTrialStop``): it is never promoted.
+
 A trial that meets a deterministic error (a sampled setting that does not fit the model, say) is recorded as
 failed and the sweep goes on without it; a transient error fails the task, for KFP to retry.
 """
@@ -34,6 +37,13 @@ def trial_uri(sweep_uri: str, trial: sweep.PlannedTrial) -> str:
     return join(sweep_uri, f"rung-{trial.rung:02d}", f"trial-{trial.trial:05d}")
 
 
+def _hopeless_trial_stop(config, storage, sweep_uri, trial, direction):
+    from ftpipe.training.callbacks import HopelessTrialStop  # transformers loads with it: inside the task only
+
+    ratio = config.sweep.early_stop_ratio if config.sweep else None
+    return HopelessTrialStop(storage, sweep_uri, trial.rung, trial.trial, config.best_model_metric, direction, ratio)
+
+
 def run(
     config: PipelineConfig,
     trial: sweep.PlannedTrial,
@@ -50,6 +60,7 @@ def run(
     direction = config.task.direction(config.best_model_metric)
     started = time.perf_counter()
     finetuned = None
+    hopeless = _hopeless_trial_stop(config, storage, sweep_uri, trial, direction)
     try:
         at_full_budget = sweep.apply_params(config, trial.params, 1.0).training
         rows = min(train_rows, at_full_budget.max_train_rows or train_rows)
@@ -60,7 +71,14 @@ def run(
         logger.info("trial %d on rung %d: %s, %g epochs", trial.trial, trial.rung, trial.params, epochs)
         output_uri = trial_uri(sweep_uri, trial)
         finetuned = finetune.run(
-            trial_config, train_uri, validation_uri, labels, str(candidate), output_uri, storage=storage
+            trial_config,
+            train_uri,
+            validation_uri,
+            labels,
+            str(candidate),
+            output_uri,
+            storage=storage,
+            callbacks=[hopeless],
         )
     except FtpipeError as error:
         if error.transient:
@@ -73,7 +91,7 @@ def run(
         rung=trial.rung,
         params=trial.params,
         budget=trial.budget,
-        state=sweep.COMPLETE if complete else sweep.FAILED,
+        state=(sweep.PRUNED if hopeless.stopped else sweep.COMPLETE) if complete else sweep.FAILED,
         metric=config.best_model_metric,
         value=value if complete else None,
         direction=direction,

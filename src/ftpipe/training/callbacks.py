@@ -1,4 +1,5 @@
-"""Trainer callbacks of the fine-tune step: the checkpoint mirror and concise progress lines."""
+"""Trainer callbacks of the fine-tune step: the checkpoint mirror, concise progress lines, and the early stop of
+a hopeless sweep trial."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ftpipe.errors import PreconditionFailed
 from ftpipe.storage import Storage, join
 from ftpipe.training import metric_keys
 from ftpipe.training.checkpoints import MIRROR_MARKER, delete_prefix, mirrored_checkpoints
@@ -83,3 +85,42 @@ class ProgressLog(TrainerCallback):
             args.metric_for_best_model,
             state.best_metric,
         )
+
+
+class HopelessTrialStop(TrainerCallback):
+    """Stop a sweep trial at its first validation when it is far worse than its rung's other trials so far.
+
+    The trial leaves its first metric under the sweep prefix (create-only) and reads those the rung's other trials
+    left; ``ftpipe.sweep.should_stop_early`` decides with ``sweep.early_stop_ratio``. Later evaluations are not
+    looked at: a trial that starts well enough trains to its budget, where early stopping proper takes over.
+    """
+
+    def __init__(
+        self, storage: Storage, sweep_uri: str, rung: int, trial: int, metric: str, direction: str, ratio: float | None
+    ) -> None:
+        self.storage, self.sweep_uri, self.rung, self.trial = storage, sweep_uri, rung, trial
+        self.metric, self.direction, self.ratio = metric, direction, ratio
+        self.evaluated = False
+        self.stopped = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        from ftpipe import sweep
+
+        value = (metrics or {}).get(f"eval_{self.metric}")
+        if self.evaluated or value is None or self.ratio is None or not state.is_world_process_zero:
+            return
+        self.evaluated = True
+        uri = sweep.first_evaluation_uri(self.sweep_uri, self.rung, self.trial)
+        try:
+            self.storage.write_json(uri, {"trial": self.trial, "value": float(value)}, if_none_match=True)
+        except PreconditionFailed:  # a retried trial: its first attempt's metric stands
+            pass
+        rung = sweep.first_evaluations(self.storage, self.sweep_uri, self.rung)
+        others = [metric for trial, metric in rung.items() if trial != self.trial]
+        if sweep.should_stop_early(float(value), others, self.direction, self.ratio):
+            control.should_training_stop = True
+            self.stopped = True
+            logger.info(
+                "trial %d stops: first validation %s %.4f is far from its rung's median of %d other trial(s)",
+                self.trial, self.metric, value, len(others),
+            )
