@@ -31,6 +31,7 @@ def choose_trial(
         config_json,
         run_id,
         lambda config, out, storage: step.run(config, last_rung, sweep_uri, storage=storage),
+        step.LIBRARIES,
     )
     if isinstance(result, task.Stopped):
         return result.outputs(model, report, report_markdown, winner=-1)

@@ -184,6 +184,13 @@ class FinetuneConfig(StrictModel):
         "task's metrics, or `loss`; None: the task's primary metric (its direction comes from the task).",
     )
     max_train_rows: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+    train_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Train on this share of the training rows (a stratified sample; before max_train_rows). A "
+        "sweep over it (e.g. a grid of 0.1, 0.25, 0.5, 1.0) is a learning curve: does more labelled data help?",
+    )
     group_by_length: bool = Field(True, description="Batch texts of similar length to cut padding.")
     # Speed. Each switch below is on by default where it leaves the results unchanged (up to float rounding).
     fused_optimizer: bool = Field(

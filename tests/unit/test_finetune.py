@@ -213,3 +213,13 @@ def test_dropout_override_covers_the_model_family():
     assert bert == {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.3}  # classifier_dropout is None
     distil = finetune.dropout_overrides(DistilBertConfig(), 0.3)
     assert {"dropout", "attention_dropout", "seq_classif_dropout"} <= set(distil)
+
+
+def test_train_fraction_then_max_train_rows_cut_the_train_split():
+    from ftpipe.config import FinetuneConfig
+
+    assert finetune.train_rows_used(FinetuneConfig(), 1000) == 1000
+    assert finetune.train_rows_used(FinetuneConfig(train_fraction=0.25), 1000) == 250
+    assert finetune.train_rows_used(FinetuneConfig(train_fraction=0.25, max_train_rows=100), 1000) == 100
+    assert finetune.train_rows_used(FinetuneConfig(train_fraction=0.5, max_train_rows=900), 1000) == 500
+    assert finetune.train_rows_used(FinetuneConfig(train_fraction=1.0), 1000) == 1000

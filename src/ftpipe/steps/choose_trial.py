@@ -13,7 +13,10 @@ from ftpipe import reports, sweep
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import SweepError
 from ftpipe.results import ChooseTrialResult, TrainTrialResult
+from ftpipe.steps import REPORT_LIBRARIES
 from ftpipe.storage import Storage, join
+
+LIBRARIES = REPORT_LIBRARIES
 
 
 def run(
@@ -88,4 +91,31 @@ def _document(
         document.section("Importance of each setting (fANOVA, rung 0)").table(
             ["setting", "importance"], [[path, f"{value:.3f}"] for path, value in importances.items()]
         )
+    scored = [record for record in records if record.value is not None]
+    if scored:
+        document.section(f"Validation {metric} against each setting")
+        for path in paths:
+            document.image(_setting_chart(scored, path, metric), f"validation {metric} against {path}")
     return document
+
+
+def _setting_chart(records: list[sweep.TrialRecord], path: str, metric: str) -> str:
+    """The trials' validation metric against one setting, a colour per rung (categories on their own ticks)."""
+    figure, axes = reports.new_figure(5.0, 3.0)
+    values = [record.params.get(path) for record in records]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None)
+    categories = sorted({str(v) for v in values if v is not None}) if not numeric else []
+    for rung in sorted({record.rung for record in records}):
+        points = [(v, r.value) for v, r in zip(values, records, strict=True) if v is not None and r.rung == rung]
+        if points:
+            xs = [v if numeric else categories.index(str(v)) for v, _ in points]
+            axes.scatter(xs, [value for _, value in points], label=f"rung {rung}", alpha=0.8)
+    if numeric and path.endswith("learning_rate"):
+        axes.set_xscale("log")
+    if categories:
+        axes.set_xticks(range(len(categories)), categories)
+    axes.set_xlabel(path)
+    axes.set_ylabel(f"validation {metric}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return reports.figure_to_data_uri(figure)

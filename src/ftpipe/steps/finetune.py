@@ -279,6 +279,22 @@ def _device_batch_size(training: FinetuneConfig, model: Any, num_parameters: int
     return batch
 
 
+def _train_rows_wanted(training: FinetuneConfig, rows: int) -> list[int]:
+    """The sample sizes to cut the train split down to, in order: ``train_fraction``, then ``max_train_rows``."""
+    wanted = []
+    if training.train_fraction is not None and training.train_fraction < 1:
+        rows = max(1, round(rows * training.train_fraction))
+        wanted.append(rows)
+    if training.max_train_rows is not None and training.max_train_rows < rows:
+        wanted.append(training.max_train_rows)
+    return wanted
+
+
+def train_rows_used(training: FinetuneConfig, rows: int) -> int:
+    """How many of ``rows`` training rows finetune trains on."""
+    return ([rows, *_train_rows_wanted(training, rows)])[-1]
+
+
 # Enough texts for the length quantile the recipe takes, and few enough to tokenize in a second.
 _LENGTH_SAMPLE = 10_000
 
@@ -368,8 +384,8 @@ def run(
 
     train = read_checked_split(storage, train_uri, "train", task, labels)
     validation = read_checked_split(storage, validation_uri, "validation", task, labels)
-    if training.max_train_rows is not None:
-        train = stratified_sample(train, training.max_train_rows, training.seed, task.strata(train))
+    for rows in _train_rows_wanted(training, len(train)):
+        train = stratified_sample(train, rows, training.seed, task.strata(train))
 
     resolved = models.resolve_source(chosen.source, storage)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=chosen.trust_remote_code)

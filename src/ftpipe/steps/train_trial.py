@@ -63,7 +63,7 @@ def run(
     hopeless = _hopeless_trial_stop(config, storage, sweep_uri, trial, direction)
     try:
         at_full_budget = sweep.apply_params(config, trial.params, 1.0).training
-        rows = min(train_rows, at_full_budget.max_train_rows or train_rows)
+        rows = finetune.train_rows_used(at_full_budget, train_rows)
         epochs, _ = fit_epochs(at_full_budget, train_rows=rows, batch_size=at_full_budget.batch_size)
         trial_config = sweep.apply_params(config, trial.params, trial.budget, epochs=epochs)
         candidate = trial.params.get("candidate", selected.name)
