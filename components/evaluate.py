@@ -32,7 +32,7 @@ def evaluate(
         config_json,
         run_id,
         lambda config, out, storage: step.run(
-            config, data.test_uri, data.labels, trained.model_uri, out, storage=storage
+            config, data.test_uri, data.labels, trained.model_uri, out, storage=storage, run_id=run_id
         ),
         step.LIBRARIES,
     )

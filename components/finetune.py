@@ -30,7 +30,14 @@ def finetune(
         config_json,
         run_id,
         lambda config, out, storage: step.run(
-            config, data.train_uri, data.validation_uri, data.labels, chosen.selected, out, storage=storage
+            config,
+            data.train_uri,
+            data.validation_uri,
+            data.labels,
+            chosen.selected,
+            out,
+            storage=storage,
+            run_id=run_id,
         ),
         step.LIBRARIES,
     )

@@ -39,6 +39,7 @@ def train_trial(
             chosen.selected,
             sweep_uri,
             storage=storage,
+            run_id=run_id,
         ),
         step.LIBRARIES,
     )

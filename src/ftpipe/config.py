@@ -265,6 +265,33 @@ class StorageConfig(StrictModel):
     )
 
 
+class TrackingConfig(StrictModel):
+    """Experiment tracking in MLflow, besides the KFP UI (``ftpipe.tracking``). Off unless ``mlflow_uri`` is set."""
+
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking server (http:// or https://), or a local file store (file: or a path); None: "
+        "off. Credentials come from the environment (MLFLOW_TRACKING_TOKEN, or _USERNAME and _PASSWORD).",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment the runs go to; None: `ftpipe-<registry.model_name>`."
+    )
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _tracking_uri(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        scheme, sep, rest = uri.partition("://")
+        if sep and scheme in ("http", "https"):
+            if not rest.split("/", 1)[0]:
+                raise ValueError(f"{uri!r} names no host")
+            return uri
+        if uri.startswith("file:") or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+            return uri  # a file store: file:/path, file:///path or a plain local path
+        raise ValueError(f"{uri!r}: use an http:// or https:// tracking server, or file: / a local path")
+
+
 class Toleration(StrictModel):
     """A Kubernetes toleration, as in a pod spec."""
 
@@ -652,6 +679,7 @@ class PipelineConfig(StrictModel):
     registry: RegistryConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig | None = Field(
         None, description="A hyper-parameter sweep over `training` settings and candidates; None trains once."
     )

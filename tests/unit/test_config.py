@@ -75,3 +75,13 @@ def test_the_task_metrics_default_to_its_primary_one():
     config = parse_config({**base, "training": {"metric_for_best_model": "loss"}})
     assert config.gate_metric == "f1_macro" and config.best_model_metric == "loss"
     assert config.task.direction("loss") == "lower" and config.task.direction("accuracy") == "higher"
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.com/prefix", "file:///tmp/mlruns",
+                                 "/tmp/mlruns", "mlruns"])
+def test_tracking_takes_a_server_or_a_file_store(uri):
+    base = {"data": {"uri": "d.csv"}, "candidates": [{"name": "a", "source": "./a"}], "registry": {"model_name": "m"}}
+    assert parse_config(base).tracking.mlflow_uri is None  # off by default
+    assert parse_config({**base, "tracking": {"mlflow_uri": uri}}).tracking.mlflow_uri == uri
+    with pytest.raises(ConfigError, match="tracking.mlflow_uri: .*'http://' names no host"):
+        parse_config({**base, "tracking": {"mlflow_uri": "http://"}})

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftpipe import models, reports
+from ftpipe import models, reports, tracking
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import DataError, ModelError
 from ftpipe.registry import ModelRegistry
@@ -125,8 +125,12 @@ def run(
     output_uri: str,
     storage: Storage | None = None,
     registry: ModelRegistry | None = None,
+    run_id: str | None = None,
 ) -> EvaluateResult:
     """Score ``model_uri`` on the test split, compare with production, apply the gate, write the reports.
+
+    With ``tracking.mlflow_uri`` set, the test metrics and the verdict go to the MLflow run of pipeline run
+    ``run_id`` too (``ftpipe.tracking``; nothing is tracked when ``run_id`` is None).
 
     Raises:
         DataError: the test split is unreadable or does not fit ``labels``.
@@ -198,6 +202,7 @@ def run(
     document = report_document(result, task)
     storage.write_text(result.report_markdown_uri, document.markdown(), content_type="text/markdown; charset=utf-8")
     storage.write_text(result.report_html_uri, document.html(), content_type="text/html; charset=utf-8")
+    tracking.log_evaluation(config, run_id, result)
     return result
 
 

@@ -34,11 +34,11 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftpipe import models, reports
+from ftpipe import models, reports, tracking
 from ftpipe.config import CandidateConfig, FinetuneConfig, PipelineConfig
 from ftpipe.errors import ConfigError, ModelError
 from ftpipe.results import CandidateScore, FinetuneResult
@@ -340,6 +340,8 @@ def run(
     storage: Storage | None = None,
     work_dir: str | Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    run_id: str | None = None,
+    trial: Mapping[str, Any] | None = None,
 ) -> FinetuneResult:
     """Fine-tune one candidate and upload the best model.
 
@@ -355,6 +357,11 @@ def run(
         work_dir: local directory for checkpoints and the model before upload (a temporary one inside it is
             used and removed); the system temporary directory when None.
         callbacks: extra Trainer callbacks, run after ftpipe's own.
+        run_id: the pipeline run this fine-tune belongs to: with ``tracking.mlflow_uri`` set, its MLflow run is
+            nested under that pipeline run's (``ftpipe.tracking``); None (outside a pipeline) makes it a run of
+            its own.
+        trial: the sweep trial being trained (a ``PlannedTrial`` as a dict), which names the MLflow run and adds
+            its settings to the params; None for a plain fine-tune.
 
     Raises:
         DataError: a split cannot be read, is empty, or its labels do not match ``labels``.
@@ -410,6 +417,20 @@ def run(
     for line in recipe.lines():
         logger.info("recipe: %s", line)
     tokenizer.model_max_length = recipe.max_length  # saved with the model: prediction truncates as training did
+    tracked = tracking.TrainingRun(
+        config,
+        run_id,
+        trial,
+        params={
+            **{name: getattr(recipe, name) for name in ("learning_rate", "epochs", "warmup_steps", "max_length")},
+            "eval_steps": recipe.eval_steps or "epoch",
+            "batch_size": batch_size,
+            "candidate": chosen.name,
+            "base_model_source": chosen.source,
+            "num_parameters": num_parameters,
+            "train_rows": len(train),
+        },
+    )
 
     train_dataset = task.dataset(train, tokenizer, recipe.max_length, model.config)
     validation_dataset = task.dataset(validation, tokenizer, recipe.max_length, model.config)
@@ -444,13 +465,18 @@ def run(
                 CheckpointMirror(storage, mirror_uri),
                 EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience),
                 ProgressLog(),
+                *tracked.callbacks(),
                 *callbacks,
             ],
         )
         trainer.remove_callback(PrinterCallback)  # it would print every log dict again
 
         started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
+        except BaseException:
+            tracked.fail()
+            raise
         train_seconds = time.perf_counter() - started
         state = trainer.state
 
@@ -508,6 +534,7 @@ def run(
     result = FinetuneResult(
         **result_fields, log_uri=uris["log"], report_html_uri=uris["html"], report_markdown_uri=uris["md"]
     )
+    tracked.finish(result)
     logger.info("fine-tuned model at %s (best %s %.4f)", model_uri, metric_name, best_value)
     return result
 

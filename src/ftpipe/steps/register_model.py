@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ftpipe import __version__, models
+from ftpipe import __version__, models, tracking
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import RegistryError
 from ftpipe.model_card import render_model_card
@@ -226,7 +226,7 @@ def run(
             aliases_set.append(alias)
         else:
             logger.warning("alias %s of %s stays on the newer version %d", alias, name, record.version)
-    return RegisterModelResult(
+    result = RegisterModelResult(
         model_name=name,
         version=version.version,
         version_uri=version.manifest_uri,
@@ -235,3 +235,5 @@ def run(
         metadata_uri=version.metadata_uri,
         aliases_set=aliases_set,
     )
+    tracking.log_registration(config, run_id, result)  # a no-op unless tracking.mlflow_uri is set
+    return result

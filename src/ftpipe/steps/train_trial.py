@@ -54,6 +54,7 @@ def run(
     selected: CandidateScore,
     sweep_uri: str,
     storage: Storage | None = None,
+    run_id: str | None = None,
 ) -> TrainTrialResult:
     """Train ``trial`` and write its record; returns the record and the fine-tune's result (None if it failed)."""
     storage = storage or Storage(config.storage)
@@ -79,6 +80,8 @@ def run(
             output_uri,
             storage=storage,
             callbacks=[hopeless],
+            run_id=run_id,  # tracking: the trial is a nested run of the pipeline run's
+            trial=trial.model_dump(mode="json"),
         )
     except FtpipeError as error:
         if error.transient:
