@@ -6,6 +6,7 @@ into ``pipelines.submit``), so ``ftpipe`` imports ``kfp`` only for the commands 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import logging
@@ -91,6 +92,10 @@ def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrai
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir))
     started = time.monotonic()
     log_path = run_dir / "pipeline.log"
+    # kfp.local swaps builtins.print (indenting task output) and the root logger's handlers per task, saving and
+    # restoring them around each; the iterations of a ParallelFor run in threads, whose restores interleave and
+    # can leave an indenting print and a handler on this run's closed log behind. Restored here after the run.
+    original_print, root_handlers, root_level = builtins.print, logging.root.handlers[:], logging.root.level
     try:
         with (
             warm_task_starts(run_dir / "task-server.log", task_environment(config)),
@@ -108,6 +113,9 @@ def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrai
         raise PipelineFailed(f"{reason} (full log: {log_path})") from None
     finally:
         os.environ.pop(ERROR_FILE_ENV, None)
+        builtins.print = original_print
+        logging.root.handlers[:] = root_handlers
+        logging.root.setLevel(root_level)
     seconds = time.monotonic() - started
     decision = _output_file(run_dir, "compare-data/decision")
     return LocalRunResult(
