@@ -96,6 +96,12 @@ if [[ "$DOCKERFILE" == docker/Dockerfile ]] && ! ls docker/context/torch-2.13.0*
         || "$PYTHON" -m pip download -q torch==2.13.0 --no-deps --only-binary=:all: \
             --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" -d docker/context
 fi
+# Dependencies that PyPI has as source only, built into wheels here by the dev venv's pip: in the image's
+# venv, seqeval's setup.py fetches its setup_requires (setuptools-scm) without their own dependencies and fails.
+for requirement in $(grep -E '^(seqeval)==' docker/constraints.txt); do
+    ls "docker/context/${requirement%%==*}-${requirement##*==}-"*.whl >/dev/null 2>&1 \
+        || "$PYTHON" -m pip wheel -q --no-deps -w docker/context "$requirement"
+done
 # The CA bundle pip trusts here: where a TLS-inspecting proxy stands between this machine and PyPI, the
 # builder stage's pip needs it too (the final image keeps Debian's own CA certificates).
 ca_bundle="${PIP_CERT:-$("$PYTHON" -m pip config get global.cert 2>/dev/null || true)}"

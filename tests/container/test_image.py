@@ -138,17 +138,29 @@ class _PipelineInContainers:
         self.parameters = {**defaults, **parameters}
         self.run_id = f"container-{uuid.uuid4().hex[:8]}"
         self.outputs: dict[str, dict] = {}  # task -> its executor output
+        # Every task, wherever it sits (the steps are nested in the If/Else guards that follow each one).
+        self.tasks = dict(spec["root"]["dag"]["tasks"])
+        for component in spec["components"].values():
+            self.tasks.update(component.get("dag", {}).get("tasks", {}))
+
+    def _channel(self, channel: str):
+        """A parameter handed into a condition group: a pipeline parameter, or ``<task>-<output>`` of a task."""
+        name = channel.removeprefix("pipelinechannel--")
+        if name in self.parameters:
+            return self.parameters[name]
+        producer = max((task for task in self.tasks if name.startswith(f"{task}-")), key=len)
+        return self.run(producer)["parameterValues"][name.removeprefix(f"{producer}-")]
 
     def run(self, name: str) -> dict:
         """Run ``name`` (its upstream tasks first) and return its executor output."""
         if name in self.outputs:
             return self.outputs[name]
-        task = self.spec["root"]["dag"]["tasks"][name]
+        task = self.tasks[name]
         assert not task.get("inputs", {}).get("artifacts"), f"{name}: artifact inputs are not wired up here"
         values = {}
         for parameter, source in task.get("inputs", {}).get("parameters", {}).items():
             if "componentInputParameter" in source:
-                values[parameter] = self.parameters[source["componentInputParameter"]]
+                values[parameter] = self._channel(source["componentInputParameter"])
             elif "taskOutputParameter" in source:
                 producer = source["taskOutputParameter"]
                 upstream = self.run(producer["producerTask"])
@@ -198,7 +210,8 @@ def test_clean_data_component_runs_in_the_container_as_kfp_runs_it(
     executor_output = runner.run("clean-data")  # and whatever it takes parameters from, first
 
     # KFP's outputs: the fingerprint parameter, the artifacts under the pipeline root.
-    fingerprint = executor_output["parameterValues"]["Output"]
+    assert executor_output["parameterValues"]["ok"] is True and executor_output["parameterValues"]["problem"] == ""
+    fingerprint = executor_output["parameterValues"]["fingerprint"]
     assert isinstance(fingerprint, str) and fingerprint
     artifact_dir = executor_output["artifact_dir"]
     cleaned = json.loads((artifact_dir / "cleaned").read_text())
