@@ -3,6 +3,9 @@
     fingerprint_data -> clean_data -> compare_data -[data changed]-> select_model -> finetune
         -> evaluate -[gate passed]-> register_model
 
+With ``config.sweep``, finetune's place is taken by the sweep's rungs (plan_trials, a ParallelFor of
+train_trial, Collected into the next rung) and choose_trial, whose winner evaluate scores.
+
 Each step is followed by a guard: a step that met a deterministic error (bad config or data, a missing
 model) returns ``ok`` false instead of failing, and the guard's other branch runs stop_run, which fails
 the run at once with that error; retries with back-off are kept for what a retry can cure (S3 not
@@ -210,8 +213,8 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
                 model=model,
                 evaluation=evaluating.outputs["evaluation"],
             )
-            # Nothing follows registration, and a condition with no task inside is not valid KFP: its stop_run
-            # always runs (and succeeds when there is no problem).
+            # Nothing follows registration, and an If with no task inside would compile to a component with no
+            # implementation: its stop_run always runs (and succeeds when there is no problem).
             stop_after(configure(registering, cluster.step_retries, "register_model"), "register_model")
 
     return ftpipe_pipeline
