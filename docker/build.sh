@@ -98,7 +98,7 @@ if [[ "$DOCKERFILE" == docker/Dockerfile ]] && ! ls docker/context/torch-2.13.0*
 fi
 # Dependencies that PyPI has as source only, built into wheels here by the dev venv's pip: in the image's
 # venv, seqeval's setup.py fetches its setup_requires (setuptools-scm) without their own dependencies and fails.
-for requirement in $(grep -E '^(seqeval)==' docker/constraints.txt); do
+for requirement in $(grep -E '^(seqeval|rouge_score)==' docker/constraints.txt); do
     ls "docker/context/${requirement%%==*}-${requirement##*==}-"*.whl >/dev/null 2>&1 \
         || "$PYTHON" -m pip wheel -q --no-deps -w docker/context "$requirement"
 done

@@ -48,13 +48,15 @@ class DataConfig(StrictModel):
         description="File format; `auto` goes by the file extension (.conll, .bio and .iob are CoNLL column files).",
     )
     text_column: str = Field(
-        "text", description="Column holding the input text (token_classification: the list of tokens)."
+        "text",
+        description="Column holding the input text (token_classification: the list of tokens; causal_lm_sft and "
+        "seq2seq: the prompt or source text).",
     )
     label_column: str = Field(
         "label",
         description="Column holding the target: the label (text_classification), the labels "
         "(multi_label_classification), the score (regression, unless task.target_columns names others), the list "
-        "of tags (token_classification).",
+        "of tags (token_classification), the completion or target text (causal_lm_sft, seq2seq).",
     )
     labels: list[str] | None = Field(
         None,
@@ -192,6 +194,24 @@ class FinetuneConfig(StrictModel):
         "sweep over it (e.g. a grid of 0.1, 0.25, 0.5, 1.0) is a learning curve: does more labelled data help?",
     )
     group_by_length: bool = Field(True, description="Batch texts of similar length to cut padding.")
+    # Parameter-efficient fine-tuning (peft). Flat settings, so that a sweep can vary them (`when` the adapter is on).
+    adapter: Literal["none", "lora", "qlora"] = Field(
+        "none",
+        description="`none`: full fine-tuning; `lora`: low-rank adapters on the attention (and, per family, MLP) "
+        "projections while the pre-trained weights stay frozen, the task head fully trained; `qlora`: LoRA on a "
+        "4-bit NF4 base (bitsandbytes, CUDA GPUs only).",
+    )
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Module names (or suffixes) to adapt; None: peft's default for the model family (BERT: query, "
+        "value; Llama: q_proj, v_proj; ...), never the task head.",
+    )
+    lora_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r).")
+    lora_dora: bool = Field(False, description="DoRA: weight-decomposed low-rank adaptation (slower, often better).")
     # Speed. Each switch below is on by default where it leaves the results unchanged (up to float rounding).
     fused_optimizer: bool = Field(
         True, description="AdamW as one fused kernel per step (CPU and CUDA); off: PyTorch's per-tensor loop."
@@ -546,10 +566,16 @@ class TaskSettings(StrictModel):
     metrics: ClassVar[dict[str, str]]
     """Test and validation metric names of the task, each ``higher`` or ``lower`` (is better)."""
     primary_metric: ClassVar[str]
-    """Early stopping and the gate use it unless the config names another."""
+    """The gate uses it unless the config names another."""
 
     def direction(self, metric: str) -> str:
         return LOWER if metric == "loss" else self.metrics[metric]
+
+    @property
+    def validation_metric(self) -> str:
+        """Early stopping and sweeps watch it on validation unless the config names another: the primary metric,
+        except where that one needs what training does not compute (generation)."""
+        return self.primary_metric
 
 
 class TextClassificationTask(TaskSettings):
@@ -659,9 +685,95 @@ class TokenClassificationTask(TaskSettings):
         return self
 
 
+class GenerationSettings(StrictModel):
+    """Decoding of the test split (and of the model card's example): greedy or beam search, no sampling."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    num_beams: int = Field(1, ge=1, le=16)
+    length_penalty: float = Field(1.0, description="Beam search only: >1 favours longer outputs, <1 shorter.")
+    repetition_penalty: float = Field(1.0, ge=1.0)
+    batch_size: int = Field(16, ge=1, description="Prompts generated for at once.")
+
+
+class _GenerativeTask(TaskSettings):
+    metrics: ClassVar[dict[str, str]] = {
+        "exact_match": HIGHER,
+        "rouge_l": HIGHER,
+        "chrf": HIGHER,
+        "bleu": HIGHER,
+        "perplexity": LOWER,
+    }
+    scoring: Literal["free_text", "exact_match"] = Field(
+        "free_text",
+        description="How test generations are scored first: `free_text` by ROUGE-L (rouge-score), with chrF and "
+        "BLEU (sacrebleu) beside it; `exact_match` (answers from a closed set, e.g. labels recast as instruction -> "
+        "answer) by the share of generations equal to the reference after trimming and case folding, and the split "
+        "is then stratified on the answer. All are computed either way.",
+    )
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    report_samples: int = Field(20, ge=0, le=1000, description="Test generations shown next to their references.")
+
+    @property
+    def validation_metric(self) -> str:
+        return "loss"  # validation is scored without generating: its loss (and perplexity) per evaluation
+
+    @property
+    def primary_metric(self) -> str:  # type: ignore[override]  # chosen by `scoring`, not fixed per class
+        return "exact_match" if self.scoring == "exact_match" else "rouge_l"
+
+
+class CausalLMSFTTask(_GenerativeTask):
+    """Supervised fine-tuning of a decoder (GPT-family) on prompt -> completion pairs, in the model's chat format."""
+
+    type: Literal["causal_lm_sft"] = "causal_lm_sft"
+    chat_template: bool = Field(
+        True,
+        description="Wrap each pair in the model's chat template (user turn, assistant turn); off, or for a model "
+        "without one: `prompt_template` + completion + the end-of-sequence token.",
+    )
+    system_prompt: str | None = Field(None, description="A system turn before every prompt (chat template only).")
+    prompt_template: str = Field(
+        "### Instruction:\n{prompt}\n\n### Response:\n",
+        description="The text before the completion when no chat template is used; must contain `{prompt}`.",
+    )
+    completion_only_loss: bool = Field(
+        True, description="The loss covers the completion (assistant) tokens only; off: the whole formatted text."
+    )
+    packing: bool = Field(
+        True,
+        description="Pack each batch into one sequence with positions restarting per example (padding-free), where "
+        "the model's attention keeps the examples apart exactly (checked on the model before training); otherwise, "
+        "or off, each batch is padded to its longest example.",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt(cls, template: str) -> str:
+        if "{prompt}" not in template:
+            raise ValueError("must contain {prompt}")
+        return template
+
+
+class Seq2SeqTask(_GenerativeTask):
+    """Fine-tuning of an encoder-decoder (T5, BART, Marian) on source -> target pairs; a BERT-family encoder is
+    warm-started into one (its weights on both sides, new cross-attention)."""
+
+    type: Literal["seq2seq"] = "seq2seq"
+    source_prefix: str | None = Field(
+        None,
+        description="Text put before every source, as the model was pre-trained to expect (T5: `summarize: `, "
+        "`translate English to German: `); None: the source as it is.",
+    )
+
+
 # The tasks with a module in ftpipe.tasks (ftpipe.tasks.TASKS), told apart by `type`.
 Task = Annotated[
-    TextClassificationTask | MultiLabelClassificationTask | RegressionTask | TokenClassificationTask,
+    TextClassificationTask
+    | MultiLabelClassificationTask
+    | RegressionTask
+    | TokenClassificationTask
+    | CausalLMSFTTask
+    | Seq2SeqTask,
     Field(discriminator="type"),
 ]
 
@@ -760,7 +872,7 @@ class PipelineConfig(StrictModel):
     @property
     def best_model_metric(self) -> str:
         """The validation metric that early stopping watches."""
-        return self.training.metric_for_best_model or self.task.primary_metric
+        return self.training.metric_for_best_model or self.task.validation_metric
 
     @property
     def tokenizer_source(self) -> str:

@@ -82,11 +82,11 @@ def load_pretrained(auto_class, source: str, *, trust_remote_code: bool = False,
         raise ModelError(f"cannot load model {source}: {_first_line(error)}") from None
 
 
-def load_encoder(source: str, *, trust_remote_code: bool = False):
-    """Load the bare encoder (no head), as used by the selection probe."""
-    from transformers import AutoModel
+def load_encoder(source: str, *, trust_remote_code: bool = False, auto_class: str = "AutoModel"):
+    """Load the model the selection probe runs: the bare encoder (no head) unless the task asks for another class."""
+    import transformers
 
-    return load_pretrained(AutoModel, source, trust_remote_code=trust_remote_code)
+    return load_pretrained(getattr(transformers, auto_class), source, trust_remote_code=trust_remote_code)
 
 
 def count_parameters(model) -> int:

@@ -119,6 +119,8 @@ class FinetuneResult(StepResult):
     resumed_from_checkpoint: str | None
     notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
     recipe: list[str] = []  # each training setting, with where it came from (ftpipe.training.recipe)
+    adapter: str = "none"  # training.adapter: none (full fine-tuning), lora or qlora (merged before saving)
+    trainable_parameters: int | None = None  # what the optimizer updated (all of num_parameters without an adapter)
     # The sweep that chose this model (choose_trial): winner, trials, importances, space, hyperparameters.
     sweep: dict[str, Any] | None = None
     log_uri: str

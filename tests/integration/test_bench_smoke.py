@@ -35,6 +35,17 @@ EXPECTED = {
         "cold_overhead_s",
         "overhead_vs_cold",
     },
+    "sft": {
+        "naive_tokens_per_s",
+        "ftpipe_tokens_per_s",
+        "speedup",
+        "ftpipe_utilisation",
+        "lora_tokens_per_s",
+        "lora_vs_full",
+        "naive_peak_rss_mib",
+        "ftpipe_peak_rss_mib",
+        "lora_peak_rss_mib",
+    },
 }
 
 

@@ -131,8 +131,9 @@ class FirstStep(TrainerCallback):
             self.first_step = state.global_step
 
 
-def test_resumes_from_mirrored_checkpoints_after_preemption(tiny_bert_dir, splits, tmp_path):
-    config = make_config(tiny_bert_dir, epochs=2)
+@pytest.mark.parametrize("adapter", ["none", "lora"])
+def test_resumes_from_mirrored_checkpoints_after_preemption(adapter, tiny_bert_dir, splits, tmp_path):
+    config = make_config(tiny_bert_dir, epochs=2, adapter=adapter)
     with pytest.raises(Preempted):
         finetune.run(
             config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[PreemptAfterSave(6)]
@@ -140,6 +141,8 @@ def test_resumes_from_mirrored_checkpoints_after_preemption(tiny_bert_dir, split
     mirror = Path(splits.output) / "checkpoints"
     assert (mirror / "checkpoint-6" / MIRROR_MARKER).is_file()
     assert (mirror / "checkpoint-6" / "optimizer.pt").is_file()
+    if adapter == "lora":  # the checkpoint holds the adapter and the head, not the frozen base
+        assert (mirror / "checkpoint-6" / "adapter_model.safetensors").is_file()
     # A later checkpoint whose upload was cut off (no completion marker) must be ignored.
     (mirror / "checkpoint-12").mkdir()
     (mirror / "checkpoint-12" / "config.json").write_text("{}")
@@ -156,6 +159,7 @@ def test_resumes_from_mirrored_checkpoints_after_preemption(tiny_bert_dir, split
     assert [entry["epoch"] for entry in log if "eval_loss" in entry] == [1.0, 2.0]  # history kept across pods
     assert not list(tmp_path.glob("ftpipe-finetune-*"))  # the local work dir is removed
     assert not mirror.exists()
+    assert result.adapter == adapter and not (Path(result.model_uri) / "adapter_config.json").exists()
 
 
 def test_resume_after_early_stopping_had_decided_does_not_train_on(tiny_bert_dir, splits):

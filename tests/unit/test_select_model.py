@@ -139,9 +139,9 @@ def test_trust_remote_code_only_for_the_candidate_that_sets_it(model_dirs, split
     seen: list[tuple[str, bool]] = []
     original = models.load_encoder
 
-    def recording_load_encoder(source, *, trust_remote_code=False):
+    def recording_load_encoder(source, *, trust_remote_code=False, auto_class="AutoModel"):
         seen.append((source, trust_remote_code))
-        return original(source, trust_remote_code=trust_remote_code)
+        return original(source, trust_remote_code=trust_remote_code, auto_class=auto_class)
 
     monkeypatch.setattr(models, "load_encoder", recording_load_encoder)
     config = make_config(

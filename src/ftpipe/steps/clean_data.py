@@ -22,8 +22,9 @@ exactly one reason, the first that applies in this order (the order of :data:`RE
    with special tokens, as the model will see the text.
 5. ``conflicting_labels`` (with ``cleaning.deduplicate``): the same cleaned text occurs with different targets
    anywhere in the input. Every copy is quarantined: there is no way to tell which label is right, and keeping
-   one copy would train (or score) the model on a coin toss.
-6. ``duplicate`` (with ``cleaning.deduplicate``): an exact copy of an earlier row's cleaned text (and label);
+   one copy would train (or score) the model on a coin toss. Not for the generative tasks, where a prompt may
+   have several right replies (``Task.one_target_per_text``).
+6. ``duplicate`` (with ``cleaning.deduplicate``): an exact copy of an earlier row's cleaned text and target;
    the first copy is kept. With the user's own splits this is per split; copies across splits are leakage.
 7. ``leakage`` (with ``cleaning.remove_leakage``): a validation or test row whose cleaned text is also in the
    cleaned train split.
@@ -228,12 +229,16 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     # 5-6: conflicting targets and duplicates, on the cleaned text
     if cleaning.deduplicate:
         width = max(1, len(targets.vocabulary))
+        if task.one_target_per_text:
+            alive = np.flatnonzero(rows.alive)
+            pairs = np.unique(text_code[alive] * width + key[alive])
+            per_text = np.bincount(pairs // width, minlength=len(distinct))
+            rows.reject(np.isin(text_code, np.flatnonzero(per_text > 1)), "conflicting_labels")
         alive = np.flatnonzero(rows.alive)
-        pairs = np.unique(text_code[alive] * width + key[alive])
-        per_text = np.bincount(pairs // width, minlength=len(distinct))
-        rows.reject(np.isin(text_code, np.flatnonzero(per_text > 1)), "conflicting_labels")
-        alive = np.flatnonzero(rows.alive)
-        scope = text_code[alive] * len(SOURCES) + rows.source[alive]  # per file: a text may recur across splits
+        # A copy is the same text and target (with one target per text, the same text), within one file: a text
+        # may recur across splits (that is leakage, below).
+        example = text_code[alive] * width + key[alive]
+        scope = example * len(SOURCES) + rows.source[alive]
         _, first = np.unique(scope, return_index=True)
         duplicate = np.ones(n, dtype=bool)
         duplicate[alive[first]] = False

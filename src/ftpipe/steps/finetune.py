@@ -15,6 +15,9 @@ by default) to grow the batch until it fills the GPU. ``torch_compile`` is off b
 compiling took about 100 s and the compiled steps were no faster. Importing this module is light (transformers
 loads inside :func:`run`), as the evaluate and register_model tasks import it for :class:`FinetuneResult`.
 
+Adapters (``training.adapter``: lora, qlora; ``ftpipe.training.adapters``): the loaded model is wrapped before
+training and the adapter merged into its weights before saving, so the saved model is the same plain directory.
+
 Preemption: checkpoints are written to a local work directory and mirrored to
 ``<output_uri>/checkpoints/`` after each save, each one marked complete only once all of its files
 are up. When a run starts and complete checkpoints exist there, it downloads them and resumes from
@@ -53,7 +56,7 @@ from ftpipe.steps.select_model import (
 from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import stratified_sample
-from ftpipe.training import metric_keys
+from ftpipe.training import adapters, metric_keys
 from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints
 from ftpipe.training.recipe import Recipe, derive, fit_max_length
 
@@ -169,7 +172,8 @@ def dropout_overrides(model_config: Any, dropout: float | None) -> dict[str, flo
 
 
 def _load_model(task: Task, candidate: CandidateConfig, resolved: str, head: dict[str, Any], training: FinetuneConfig):
-    """The candidate with the task's new head, dropout overridden where asked."""
+    """The candidate with the task's new head, dropout overridden where asked (in 4-bit for QLoRA)."""
+    import torch
     from transformers import AutoConfig
 
     try:
@@ -186,6 +190,7 @@ def _load_model(task: Task, candidate: CandidateConfig, resolved: str, head: dic
         ignore_mismatched_sizes=True,  # a checkpoint that already has a head of another size gets a new one
         **head,
         **overrides,
+        **adapters.quantization_settings(training, torch.cuda.is_available()),
     )
     if training.attention == "auto":
         return load()
@@ -209,16 +214,17 @@ def _training_arguments(
     recipe: Recipe,
     max_steps: int = -1,
     batch_size: int | None = None,
+    **task_arguments: Any,
 ):
     import torch
-    from transformers import TrainingArguments
+    import transformers
 
     training = config.training
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     batch_size = batch_size or training.batch_size
     steps_per_epoch = math.ceil(train_rows / (batch_size * training.gradient_accumulation_steps))
-    return TrainingArguments(
+    return getattr(transformers, task.trainer_classes()[0])(
         output_dir=str(output_dir),
         learning_rate=recipe.learning_rate,
         num_train_epochs=recipe.epochs,
@@ -254,6 +260,7 @@ def _training_arguments(
         torch_compile=training.torch_compile,
         tf32=allow_tf32(torch.cuda.get_device_capability() if cuda else None),
         **precision_flags(cuda, bf16, training.precision),
+        **task_arguments,
     )
 
 
@@ -299,12 +306,11 @@ def train_rows_used(training: FinetuneConfig, rows: int) -> int:
 _LENGTH_SAMPLE = 10_000
 
 
-def _token_lengths(tokenizer: Any, train: Any, seed: int) -> list[int]:
-    """The untruncated lengths, in the model's tokens (special tokens included), of a sample of the train texts."""
-    texts = train["text"]
-    if len(texts) > _LENGTH_SAMPLE:
-        texts = texts.sample(_LENGTH_SAMPLE, random_state=seed)
-    return [len(ids) for ids in tokenizer(texts.tolist(), add_special_tokens=True)["input_ids"]]
+def _token_lengths(task: Task, tokenizer: Any, train: Any, seed: int) -> list[int]:
+    """The untruncated lengths, in the model's tokens (special tokens included), of a sample of the train rows."""
+    if len(train) > _LENGTH_SAMPLE:
+        train = train.sample(_LENGTH_SAMPLE, random_state=seed)
+    return task.token_lengths(tokenizer, train)
 
 
 def _window(model: Any, tokenizer: Any) -> int:
@@ -369,10 +375,10 @@ def run(
     """
     import datasets
     import torch
+    import transformers
     from transformers import (
         EarlyStoppingCallback,
         PrinterCallback,
-        Trainer,
         set_seed,
     )
     from transformers.utils import logging as transformers_logging
@@ -397,6 +403,7 @@ def run(
     resolved = models.resolve_source(chosen.source, storage)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=chosen.trust_remote_code)
     ensure_pad_token(tokenizer)
+    task.prepare_tokenizer(tokenizer)
     set_seed(training.seed)  # before the model: the new head's initial weights come from this seed
     model = _load_model(task, chosen, resolved, task.head_settings(labels, train), training)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
@@ -405,7 +412,9 @@ def run(
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(training.cpu_threads or available_cpus())
-    max_length = fit_max_length(training, _token_lengths(tokenizer, train, training.seed), _window(model, tokenizer))
+    max_length = fit_max_length(
+        training, _token_lengths(task, tokenizer, train, training.seed), _window(model, tokenizer)
+    )
     batch_size = _device_batch_size(training, model, num_parameters, max_length[0]) if cuda else training.batch_size
     recipe = derive(
         training,
@@ -426,12 +435,15 @@ def run(
             "eval_steps": recipe.eval_steps or "epoch",
             "batch_size": batch_size,
             "candidate": chosen.name,
+            "adapter": training.adapter,
             "base_model_source": chosen.source,
             "num_parameters": num_parameters,
             "train_rows": len(train),
         },
     )
 
+    model = adapters.wrap(model, training, task.peft_task_type)
+    trainable = adapters.trainable_parameters(model)
     train_dataset = task.dataset(train, tokenizer, recipe.max_length, model.config)
     validation_dataset = task.dataset(validation, tokenizer, recipe.max_length, model.config)
     logger.info(
@@ -452,13 +464,17 @@ def run(
         # When early stopping had already ended training, stop where it did (the Trainer would train on).
         max_steps = restored.global_step if restored and restored.stop_decided else -1
 
-        trainer = Trainer(
+        task_arguments, trainer_arguments = task.trainer_settings()
+        trainer_class = getattr(transformers, task.trainer_classes()[1])
+        trainer = trainer_class(
             model=model,
-            args=_training_arguments(config, task, checkpoint_dir, len(train_dataset), recipe, max_steps, batch_size),
+            args=_training_arguments(
+                config, task, checkpoint_dir, len(train_dataset), recipe, max_steps, batch_size, **task_arguments
+            ),
             train_dataset=train_dataset,
             eval_dataset=validation_dataset,
             # pads each batch to its own longest text (to a multiple of 8 on a GPU, the tensor cores' tile)
-            data_collator=task.collator(tokenizer, pad_to_multiple_of=8 if cuda else None),
+            data_collator=task.collator(tokenizer, pad_to_multiple_of=8 if cuda else None, model=model),
             processing_class=tokenizer,
             compute_metrics=task.compute_metrics(model.config),
             callbacks=[
@@ -468,6 +484,7 @@ def run(
                 *tracked.callbacks(),
                 *callbacks,
             ],
+            **trainer_arguments,
         )
         trainer.remove_callback(PrinterCallback)  # it would print every log dict again
 
@@ -492,7 +509,7 @@ def run(
         notes = task.finalize(trainer, validation_dataset)  # the best weights are loaded: fit what validation picks
         model_dir = Path(scratch) / "model"
         # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
-        trainer.model.save_pretrained(model_dir)
+        adapters.merged(trainer.model).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         license_id = candidate_license(chosen, resolved)
         (model_dir / "README.md").write_text(
@@ -517,6 +534,8 @@ def run(
             resumed_from_checkpoint=restored.uri if restored else None,
             notes=notes,
             recipe=recipe.lines(),
+            adapter=training.adapter,
+            trainable_parameters=trainable,
         )
         log_history = list(state.log_history)
         best_step = state.best_global_step
@@ -547,6 +566,7 @@ def _summary_rows(fields: dict[str, Any]) -> list[list[object]]:
         ["base model", f"{fields['base_model_name']} ({fields['base_model_source']})"],
         ["labels", ", ".join(fields["labels"])],
         ["parameters", f"{fields['num_parameters']:,}"],
+        ["trained", _trained(fields)],
         [f"best validation {fields['best_metric_name']}", fields["best_metric_value"]],
         ["epochs trained", fields["epochs_trained"]],
         ["optimizer steps", fields["global_steps"]],
@@ -555,6 +575,14 @@ def _summary_rows(fields: dict[str, Any]) -> list[list[object]]:
         ["train seconds (this run)", f"{fields['train_seconds']:.1f}"],
         ["train examples/s", f"{fields['train_examples_per_second']:.1f}"],
     ]
+
+
+def _trained(fields: dict[str, Any]) -> str:
+    if fields["adapter"] == adapters.NONE:
+        return "every parameter (full fine-tuning)"
+    share = fields["trainable_parameters"] / max(fields["num_parameters"], 1)
+    trained = f"{fields['trainable_parameters']:,} parameters ({share:.2%})"
+    return f"{fields['adapter']} adapters and the head: {trained}, merged into the saved weights"
 
 
 def _evaluations(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

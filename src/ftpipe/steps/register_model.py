@@ -67,6 +67,8 @@ def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: 
             "train_examples_per_second",
             "stopped_early",
             "resumed_from_checkpoint",
+            "adapter",
+            "trainable_parameters",
         }
     )
     # The model trained: select_model's choice, or (in a sweep) the winning trial's candidate, which it ranked too.

@@ -172,7 +172,7 @@ def _score_candidate(
 
     try:
         tokenizer = models.load_tokenizer(resolved, trust_remote_code=candidate.trust_remote_code)
-        encoder = models.load_encoder(resolved, trust_remote_code=candidate.trust_remote_code)
+        encoder = task.load_probe_model(resolved, trust_remote_code=candidate.trust_remote_code)
     except ModelError as error:
         raise _Skip(str(error)) from None
     num_parameters = models.count_parameters(encoder)

@@ -17,6 +17,8 @@ TASKS = {
     "multi_label_classification": "ftpipe.tasks.multi_label_classification:MultiLabelClassification",
     "regression": "ftpipe.tasks.regression:Regression",
     "token_classification": "ftpipe.tasks.token_classification:TokenClassification",
+    "causal_lm_sft": "ftpipe.tasks.causal_lm_sft:CausalLMSFT",
+    "seq2seq": "ftpipe.tasks.seq2seq:Seq2Seq",
 }
 
 

@@ -82,6 +82,13 @@ class Task(ABC):
     """The model card's ``pipeline_tag`` (the Hugging Face task name)."""
     model_class: ClassVar[str]
     """The ``transformers`` auto class of the head, e.g. ``AutoModelForSequenceClassification``."""
+    probe_model_class: ClassVar[str] = "AutoModel"
+    """The auto class select_model loads each candidate with for :meth:`probe` (the bare encoder by default)."""
+    peft_task_type: ClassVar[str]
+    """peft's ``TaskType`` of the head (``SEQ_CLS``, ...): which modules it keeps fully trained under LoRA."""
+    one_target_per_text: ClassVar[bool] = True
+    """A text with two different targets is a contradiction (quarantined as ``conflicting_labels``); False where
+    one input may have several right outputs (a prompt and its replies)."""
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
@@ -158,6 +165,14 @@ class Task(ABC):
 
     # -- the model (finetune) --------------------------------------------------------------------
 
+    def prepare_tokenizer(self, tokenizer: Any) -> None:
+        """Fit a freshly loaded tokenizer to the task before any text is tokenized (it is saved with the model)."""
+        return None
+
+    def token_lengths(self, tokenizer: Any, frame: pd.DataFrame) -> list[int]:
+        """Untruncated lengths, in tokens, of the sequences the model sees for each row (the recipe's max_length)."""
+        return [len(ids) for ids in tokenizer(frame[TEXT].tolist(), add_special_tokens=True)["input_ids"]]
+
     def head_settings(self, labels: Sequence[str], train: pd.DataFrame) -> dict[str, Any]:
         """``from_pretrained`` keyword arguments that shape the head (``num_labels``, ``id2label``, ...).
 
@@ -184,7 +199,7 @@ class Task(ABC):
     def dataset(self, frame: pd.DataFrame, tokenizer: Any, max_length: int, model_config: Any):
         """A ``datasets.Dataset`` of unpadded token ids and ``labels``, tokenized once, for the Trainer."""
 
-    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None):
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None, model: Any = None):
         """The Trainer's data collator: pads each batch to its own longest row."""
         from transformers import DataCollatorWithPadding
 
@@ -194,6 +209,14 @@ class Task(ABC):
     def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
         """The Trainer's ``compute_metrics``: validation metrics (the names of ``settings.metrics``)."""
 
+    def trainer_classes(self) -> tuple[str, str]:
+        """Names in ``transformers`` of the training-arguments and trainer classes (``Seq2Seq...`` ones generate)."""
+        return "TrainingArguments", "Trainer"
+
+    def trainer_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Extra ``TrainingArguments`` and extra ``Trainer`` keyword arguments of this task (both empty by default)."""
+        return {}, {}
+
     def finalize(self, trainer: Any, validation_dataset: Any) -> list[str]:
         """Fit what is chosen on validation after training (e.g. decision thresholds) into the model's config.
 
@@ -202,6 +225,19 @@ class Task(ABC):
         return []
 
     # -- the probe (select_model) ----------------------------------------------------------------
+
+    def load_probe_model(self, source: str, *, trust_remote_code: bool = False):
+        """The model :meth:`probe` runs for a candidate: ``probe_model_class`` of its weights, no new head.
+
+        A task whose model is not one ``from_pretrained`` call on the candidate (seq2seq warm-starts an
+        encoder-decoder from an encoder) builds it here as it would for training.
+
+        Raises:
+            ModelError: it cannot be loaded.
+        """
+        from ftpipe import models
+
+        return models.load_encoder(source, trust_remote_code=trust_remote_code, auto_class=self.probe_model_class)
 
     @abstractmethod
     def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
@@ -294,6 +330,19 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> N
         raise DataError(f"the {name} split lacks column(s) {', '.join(missing)}")
     if frame.empty:
         raise DataError(f"the {name} split has no rows")
+
+
+def head_and_tail(ids: Sequence[int], budget: int) -> list[int]:
+    """At most ``budget`` of ``ids``: the first half and the last, the middle dropped.
+
+    Where an input is longer than a model takes, its start (an instruction, a system turn, a title) and its end (the
+    question, the turn that asks for the reply) carry most of what matters (Sun et al. 2019, "How to Fine-Tune BERT
+    for Text Classification?", found head+tail truncation best for long texts).
+    """
+    if len(ids) <= budget:
+        return list(ids)
+    head = budget // 2
+    return [*ids[:head], *ids[len(ids) - (budget - head) :]]
 
 
 def sorted_by_length(texts: Sequence[str]) -> np.ndarray:

@@ -313,6 +313,7 @@ class MultiLabelClassification(Task):
     target_reasons = ("missing_label", "malformed_label", "unknown_label", "unseen_label")
     pipeline_tag = "text-classification"
     model_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
 
     # -- data ----------------------------------------------------------------------------------
 

@@ -199,6 +199,7 @@ class Regression(Task):
     target_reasons = (_MISSING, _NOT_A_NUMBER)
     pipeline_tag = "text-classification"  # the Hub's task for a sequence-classification head, regression included
     model_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
 
     @property
     def targets(self) -> list[str]:

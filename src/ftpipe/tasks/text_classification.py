@@ -146,6 +146,7 @@ class TextClassification(Task):
     target_reasons = ("missing_label", "unknown_label")
     pipeline_tag = "text-classification"
     model_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
 
     # -- data ----------------------------------------------------------------------------------
 

@@ -338,6 +338,7 @@ class TokenClassification(Task):
     target_reasons = (*_PROBLEMS, "tag_count_mismatch", "unknown_tag", "invalid_iob2")
     pipeline_tag = "token-classification"
     model_class = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -637,7 +638,7 @@ class TokenClassification(Task):
         self._encoded[id(dataset)] = _Encoded(all_labels, firsts, total, total - kept)
         return dataset
 
-    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None):
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None, model: Any = None):
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(_fast_tokenizer(tokenizer), pad_to_multiple_of=pad_to_multiple_of)

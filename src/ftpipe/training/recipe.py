@@ -13,6 +13,8 @@ steps to leave its starting point. So each unset setting is derived, and logged 
   improving.
 - ``learning_rate`` by model size: small encoders such as MiniLM (22M parameters) train well at 1e-4, base
   models (about 110M) at 5e-5, large ones at 2e-5 to 3e-5 (the values of the BERT, RoBERTa and MiniLM papers).
+  With an adapter (LoRA, QLoRA) :data:`ADAPTER_LEARNING_RATE` whatever the size: only the small low-rank
+  matrices (and the head) train, from zero, and need larger steps (Hu et al. 2021; Dettmers et al. 2023).
 - ``warmup_ratio``: 6% of the steps (the RoBERTa recipe), 10% for models above 150M parameters.
 - Evaluation (and so checkpoint) interval: every epoch while that gives at most :data:`MAX_EVALUATIONS`
   evaluations of epochs of at most :data:`MAX_EVAL_INTERVAL` steps; otherwise every ``total /
@@ -42,6 +44,7 @@ LENGTH_QUANTILE = 0.98
 MIN_LENGTH = 32
 # (largest parameter count, learning rate): the first row whose bound the model is under.
 LEARNING_RATES = ((50e6, 1e-4), (150e6, 5e-5), (400e6, 3e-5), (math.inf, 2e-5))
+ADAPTER_LEARNING_RATE = 2e-4
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def fit_max_length(training: FinetuneConfig, token_lengths: Sequence[int], windo
 def _learning_rate(training: FinetuneConfig, num_parameters: int) -> tuple[float, str]:
     if training.learning_rate is not None:
         return training.learning_rate, "set in the config"
+    if training.adapter != "none":
+        return ADAPTER_LEARNING_RATE, f"for {training.adapter} adapters (only they and the head train)"
     rate = next(rate for bound, rate in LEARNING_RATES if num_parameters <= bound)
     return rate, f"for a model of {num_parameters / 1e6:.0f}M parameters"
 

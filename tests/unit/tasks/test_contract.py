@@ -69,17 +69,48 @@ def _token_classification(rng: random.Random) -> tuple[list[dict], dict]:
     return rows, {}
 
 
+def _causal_lm_sft(rng: random.Random) -> tuple[list[dict], dict]:
+    words = {"spam": ["win", "prize", "free", "cash", "call"], "ham": ["lunch", "home", "see", "later", "thanks"]}
+    rows = []
+    for i in range(120):
+        answer = "spam" if i % 3 == 0 else "ham"
+        rows.append({"text": f"Spam or ham? {' '.join(rng.choices(words[answer], k=5))} {i}", "label": answer})
+    rows[3]["label"] = None  # no completion: quarantined
+    rows[4]["label"] = "<b> </b>"  # nothing left after cleaning: quarantined
+    rows.append(dict(rows[10]))  # the whole example twice: a duplicate
+    rows.append({**rows[10], "label": "spam"})  # the same prompt, another reply: kept (prompts may have several)
+    return rows, {"scoring": "exact_match", "generation": {"max_new_tokens": 4}}
+
+
+def _seq2seq(rng: random.Random) -> tuple[list[dict], dict]:
+    words = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"]
+    rows = []
+    for i in range(120):
+        picked = rng.sample(words, 3)
+        rows.append({"text": f"{' '.join(picked)} {i}", "label": " ".join(reversed(picked))})  # the words reversed
+    rows[3]["label"] = None  # no target: quarantined
+    rows[4]["label"] = "<i></i>"  # nothing left after cleaning: quarantined
+    rows.append(dict(rows[10]))  # the whole example twice: a duplicate
+    return rows, {"source_prefix": "reverse: ", "generation": {"max_new_tokens": 6}}
+
+
 DATASETS = {
     "text_classification": _text_classification,
     "multi_label_classification": _multi_label_classification,
     "regression": _regression,
     "token_classification": _token_classification,
+    "causal_lm_sft": _causal_lm_sft,
+    "seq2seq": _seq2seq,
 }
+# The candidate each task fine-tunes (a fixture name): the tiny Llama for causal_lm_sft, the tiny BERT elsewhere
+# (seq2seq warm-starts it into a bert2bert encoder-decoder).
+MODELS = {"causal_lm_sft": "tiny_llama_dir", "seq2seq": "tiny_bert_dir"}
 
 
 @pytest.mark.parametrize("task_type", sorted(TASKS))
-def test_every_task_runs_through_the_steps(task_type, tiny_bert_dir, tmp_path, one_torch_thread):
+def test_every_task_runs_through_the_steps(task_type, request, tmp_path, one_torch_thread):
     assert task_type in DATASETS, f"task {task_type} has no contract dataset"
+    model_dir = request.getfixturevalue(MODELS.get(task_type, "tiny_bert_dir"))
     rows, task_settings = DATASETS[task_type](random.Random(0))
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -87,7 +118,7 @@ def test_every_task_runs_through_the_steps(task_type, tiny_bert_dir, tmp_path, o
         {
             "task": {"type": task_type, **task_settings},
             "data": {"uri": str(data)},
-            "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+            "candidates": [{"name": "tiny", "source": model_dir}],
             "selection": {"probe_train_rows": 32, "probe_validation_rows": 16},
             "training": {"epochs": 1, "batch_size": 8, "max_length": 32},
             "registry": {"uri": str(tmp_path / "registry"), "model_name": "contract"},
@@ -103,7 +134,7 @@ def test_every_task_runs_through_the_steps(task_type, tiny_bert_dir, tmp_path, o
     trained = finetune.run(
         config, cleaned.train_uri, cleaned.validation_uri, cleaned.labels, selection.selected, str(out / "ft")
     )
-    assert trained.best_metric_name == config.best_model_metric == task.primary_metric
+    assert trained.best_metric_name == config.best_model_metric == task.settings.validation_metric
     evaluation = evaluate.run(config, cleaned.test_uri, cleaned.labels, trained.model_uri, str(out / "eval"))
     assert set(task.settings.metrics) <= set(evaluation.metrics)
     assert all(isinstance(evaluation.metrics[name], float) for name in task.settings.metrics)
