@@ -8,7 +8,8 @@ answer, in SmolLM2's chat format, with the same optimizer loop, batch size and n
   the loss on every token, as a first SFT script does;
 - ftpipe: causal_lm_sft's own dataset and collator (``ftpipe.tasks.causal_lm_sft``): completion-only labels and
   packing, each batch one padding-free sequence with positions restarting per example;
-- ftpipe + LoRA: the same, with ``training.adapter: lora`` (r 16 on q_proj and v_proj, ``ftpipe.training.adapters``).
+- ftpipe + LoRA: the same, with ``training.adapter: lora`` (r 16 on every linear layer but the output one, the
+  generative tasks' default; ``ftpipe.training.adapters``).
 
 Throughput is real (non-padding) tokens per second of the optimizer steps after one warm-up step; useful-FLOP
 utilisation = 6 x non-embedding parameters x real tokens/s / the machine's measured fp32 matmul peak (full
@@ -148,7 +149,7 @@ def run(smoke: bool) -> dict[str, Any]:
     packed = _train(model, _ftpipe_batches(task, tokenizer, frame, steps, model))
     del model
     release_memory()
-    model = adapters.wrap(build(), FinetuneConfig(adapter="lora"), task.peft_task_type)
+    model = adapters.wrap(build(), FinetuneConfig(adapter="lora"), task)
     lora = _train(model, _ftpipe_batches(task, tokenizer, frame, steps, model))
     trainable = adapters.trainable_parameters(model)
     del model

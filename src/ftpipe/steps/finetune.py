@@ -442,7 +442,7 @@ def run(
         },
     )
 
-    model = adapters.wrap(model, training, task.peft_task_type)
+    model = adapters.wrap(model, training, task)
     trainable = adapters.trainable_parameters(model)
     train_dataset = task.dataset(train, tokenizer, recipe.max_length, model.config)
     validation_dataset = task.dataset(validation, tokenizer, recipe.max_length, model.config)

@@ -86,6 +86,9 @@ class Task(ABC):
     """The auto class select_model loads each candidate with for :meth:`probe` (the bare encoder by default)."""
     peft_task_type: ClassVar[str]
     """peft's ``TaskType`` of the head (``SEQ_CLS``, ...): which modules it keeps fully trained under LoRA."""
+    lora_targets: ClassVar[str | None] = None
+    """The modules LoRA adapts unless ``training.lora_target_modules`` names them: None for peft's default of the
+    model family, or ``all-linear`` (every linear layer but the output layer)."""
     one_target_per_text: ClassVar[bool] = True
     """A text with two different targets is a contradiction (quarantined as ``conflicting_labels``); False where
     one input may have several right outputs (a prompt and its replies)."""

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ftpipe.tasks.base import TEXT, ProbeScore, device, head_and_tail
+from ftpipe.tasks.base import TEXT, device, head_and_tail
 from ftpipe.tasks.generation import COMPLETION, NO_LABEL, GenerativeTask
 
 logger = logging.getLogger(__name__)
@@ -181,26 +180,6 @@ class CausalLMSFT(GenerativeTask):
             )
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=NO_LABEL, pad_to_multiple_of=pad_to_multiple_of)
 
-    def trainer_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        # Validation needs the loss only: keep the per-batch losses, and not the logits (vocabulary-wide per token).
-        return {"include_for_metrics": ["loss"]}, {"preprocess_logits_for_metrics": _no_logits}
-
-    def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
-        def compute(eval_prediction) -> dict[str, float]:
-            losses = np.asarray(eval_prediction.losses, dtype=np.float64)
-            mean = float(losses.mean()) if losses.size else float("nan")
-            return {"perplexity": math.exp(min(mean, 50.0))}
-
-        return compute
-
-    # -- probe (select_model) --------------------------------------------------------------------
-
-    def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
-        self.prepare_tokenizer(tokenizer)
-        nll, tokens = self._completion_nll(encoder, tokenizer, validation, self.config.selection.probe_max_length)
-        loss = float(nll.sum() / max(tokens.sum(), 1))
-        return ProbeScore("negative_loss", -loss, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
-
     def _completion_nll(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
         """Summed negative log-likelihood of each row's completion tokens, and their number."""
         import torch
@@ -301,8 +280,3 @@ def fit_in(prompt_ids: list[int], reply_ids: list[int], max_length: int) -> tupl
         return prompt_ids, reply_ids
     reply_ids = reply_ids[: max(max_length - len(prompt_ids), max_length // 2)]
     return head_and_tail(prompt_ids, max_length - len(reply_ids)), reply_ids
-
-
-def _no_logits(logits: Any, labels: Any) -> Any:
-    """What evaluation keeps of a batch's logits: nothing but one zero per row, as only the loss is scored."""
-    return logits.new_zeros((logits.shape[0], 1))

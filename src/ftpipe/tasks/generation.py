@@ -19,14 +19,24 @@ their references.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ftpipe.errors import DataError
-from ftpipe.tasks.base import TEXT, Table, Targets, Task, cells_as_text, keys_of, reason_codes, require_columns
+from ftpipe.tasks.base import (
+    TEXT,
+    ProbeScore,
+    Table,
+    Targets,
+    Task,
+    cells_as_text,
+    keys_of,
+    reason_codes,
+    require_columns,
+)
 from ftpipe.text import clean_texts
 
 COMPLETION = "completion"
@@ -69,6 +79,10 @@ class GenerativeTask(Task):
 
     target_reasons = ("missing_completion", "empty_completion")
     one_target_per_text = False
+    # The generated text depends on every layer: adapting the attention and MLP projections alike beats peft's
+    # attention-only family defaults (Dettmers et al. 2023, QLoRA), and covers the new cross-attention of a
+    # warm-started encoder-decoder, for which peft has no default at all.
+    lora_targets = "all-linear"
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -128,6 +142,33 @@ class GenerativeTask(Task):
     def model_labels(self, model_dir: str) -> list[str]:
         return [OUTPUT]
 
+    def trainer_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        # Validation scores the loss only (no generation while training): keep the per-batch losses, and not
+        # the logits, vocabulary-wide per token.
+        return {"include_for_metrics": ["loss"]}, {"preprocess_logits_for_metrics": _no_logits}
+
+    def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
+        def compute(eval_prediction) -> dict[str, float]:
+            losses = np.asarray(eval_prediction.losses, dtype=np.float64)
+            mean = float(losses.mean()) if losses.size else float("nan")
+            return {"perplexity": math.exp(min(mean, 50.0))}
+
+        return compute
+
+    # -- probe (select_model) --------------------------------------------------------------------
+
+    def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
+        """The candidate's zero-shot loss on the validation completions (negated: higher is better), a
+        transferability signal that costs one forward pass per example."""
+        self.prepare_tokenizer(tokenizer)
+        nll, tokens = self._completion_nll(encoder, tokenizer, validation, self.config.selection.probe_max_length)
+        loss = float(nll.sum() / max(tokens.sum(), 1))
+        return ProbeScore("negative_loss", -loss, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
+
+    def _completion_nll(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
+        """Summed negative log-likelihood of each row's completion tokens given its prompt, and their number."""
+        raise NotImplementedError
+
     # -- test metrics --------------------------------------------------------------------------
 
     def test_metrics(self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
@@ -174,6 +215,15 @@ class GenerativeTask(Task):
 
     def _card_what(self) -> str:
         raise NotImplementedError
+
+
+def _no_logits(logits: Any, labels: Any) -> Any:
+    """What evaluation keeps of a batch's outputs: one zero per row, as only the loss is scored.
+
+    An encoder-decoder's outputs besides the loss are a tuple (logits, cache, encoder states): the logits first.
+    """
+    first = logits[0] if isinstance(logits, (tuple, list)) else logits
+    return first.new_zeros((first.shape[0], 1))
 
 
 def _shorten(text: str, limit: int = 300) -> str:

@@ -30,15 +30,13 @@ card shows ``generate()``.)
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ftpipe.errors import ModelError
-from ftpipe.tasks.base import TEXT, ProbeScore, device, first_line, sorted_by_length
+from ftpipe.tasks.base import TEXT, device, first_line, sorted_by_length
 from ftpipe.tasks.generation import COMPLETION, NO_LABEL, GenerativeTask
 
 logger = logging.getLogger(__name__)
@@ -198,27 +196,6 @@ class Seq2Seq(GenerativeTask):
     def trainer_classes(self) -> tuple[str, str]:
         return "Seq2SeqTrainingArguments", "Seq2SeqTrainer"
 
-    def trainer_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        # Validation scores the loss only: no generation per evaluation, and the logits (vocabulary-wide per
-        # target token) are not kept, only the per-batch losses.
-        arguments = {"predict_with_generate": False, "include_for_metrics": ["loss"]}
-        return arguments, {"preprocess_logits_for_metrics": _no_logits}
-
-    def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
-        def compute(eval_prediction) -> dict[str, float]:
-            losses = np.asarray(eval_prediction.losses, dtype=np.float64)
-            mean = float(losses.mean()) if losses.size else float("nan")
-            return {"perplexity": math.exp(min(mean, 50.0))}
-
-        return compute
-
-    # -- probe (select_model) --------------------------------------------------------------------
-
-    def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
-        nll, tokens = self._completion_nll(encoder, tokenizer, validation, self.config.selection.probe_max_length)
-        loss = float(nll.sum() / max(tokens.sum(), 1))
-        return ProbeScore("negative_loss", -loss, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
-
     def _completion_nll(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
         """Summed negative log-likelihood of each row's target tokens given its source, and their number."""
         import torch
@@ -322,12 +299,3 @@ def _wordpiece(tokenizer: Any) -> bool:
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend is not None and isinstance(backend.decoder, decoders.WordPiece)
-
-
-def _no_logits(logits: Any, labels: Any) -> Any:
-    """What evaluation keeps of a batch's outputs: one zero per row, as only the loss is scored.
-
-    An encoder-decoder's outputs besides the loss are a tuple (logits, cache, encoder states): the logits first.
-    """
-    first = logits[0] if isinstance(logits, (tuple, list)) else logits
-    return first.new_zeros((first.shape[0], 1))

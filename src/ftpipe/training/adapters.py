@@ -10,10 +10,13 @@ the registered model is a plain ``from_pretrained`` directory whatever trained i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftpipe.config import FinetuneConfig
 from ftpipe.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from ftpipe.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +48,11 @@ def quantization_settings(training: FinetuneConfig, cuda_available: bool) -> dic
     }
 
 
-def wrap(model: Any, training: FinetuneConfig, peft_task_type: str) -> Any:
+def wrap(model: Any, training: FinetuneConfig, task: Task) -> Any:
     """The model with trainable adapters (``training.adapter`` lora or qlora), or the model itself (none).
+
+    The adapted modules: ``training.lora_target_modules``, else the task's default (``Task.lora_targets``), else
+    peft's default for the model family.
 
     Raises:
         ModelError: peft cannot adapt this model (no default target modules for its family, or a name in
@@ -59,11 +65,11 @@ def wrap(model: Any, training: FinetuneConfig, peft_task_type: str) -> Any:
     if training.adapter == QLORA:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     settings = LoraConfig(
-        task_type=peft_task_type,
+        task_type=task.peft_task_type,
         r=training.lora_rank,
         lora_alpha=training.lora_alpha,
         lora_dropout=training.lora_dropout,
-        target_modules=training.lora_target_modules,
+        target_modules=training.lora_target_modules or task.lora_targets,
         use_rslora=training.lora_rslora,
         use_dora=training.lora_dora,
     )

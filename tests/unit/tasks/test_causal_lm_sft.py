@@ -139,14 +139,16 @@ def test_lora_trains_the_adapters_and_saves_a_plain_model(tiny_llama_dir, tmp_pa
     trained = finetune.run(
         config, cleaned.train_uri, cleaned.validation_uri, cleaned.labels, "tiny", str(tmp_path / "ft")
     )
-    assert trained.adapter == "lora" and 0 < trained.trainable_parameters < trained.num_parameters / 10
+    assert trained.adapter == "lora" and 0 < trained.trainable_parameters < trained.num_parameters / 5
     assert any(line.startswith("learning_rate = 0.0002 (for lora adapters") for line in trained.recipe)
     model_dir = Path(trained.model_uri)
     assert not (model_dir / "adapter_config.json").exists()  # merged: a plain from_pretrained directory
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     tuned = AutoModelForCausalLM.from_pretrained(model_dir)
     changed = [name for name, weight in tuned.state_dict().items() if not torch.equal(weight, base.state_dict()[name])]
-    assert changed and all("q_proj" in name or "v_proj" in name for name in changed)  # peft's Llama default
+    # Every linear layer of the decoder (the generative tasks' default), never the embeddings or the output layer.
+    assert {name.split(".")[-2] for name in changed} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"}
 
 
 def test_qlora_without_a_gpu_is_a_config_error(tiny_llama_dir, tmp_path):

@@ -13,6 +13,7 @@ from ftpipe.errors import ModelError
 from ftpipe.steps import clean_data, finetune, select_model
 from ftpipe.tasks import get_task
 from ftpipe.tasks.generation import NO_LABEL
+from ftpipe.training import adapters
 
 WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"]
 
@@ -144,20 +145,24 @@ def test_bert2bert_is_probed_trained_and_saved_as_a_plain_seq2seq_model(tiny_ber
     assert (predicted["completion_tokens"] > 0).all() and (predicted["nll"] > 0).all()
 
 
-def test_lora_needs_target_modules_on_bert2bert_and_trains_with_them(tiny_bert_dir, tmp_path, one_torch_thread):
+def test_lora_adapts_every_linear_layer_of_bert2bert_by_default(tiny_bert_dir, tmp_path, one_torch_thread):
+    from transformers import AutoModelForSeq2SeqLM
+
     config = _config(tmp_path, tiny_bert_dir, training={"adapter": "lora", "lora_rank": 4})
     cleaned = _cleaned(tmp_path, config)
-    args = (cleaned.train_uri, cleaned.validation_uri, cleaned.labels, "tiny")
-    # peft has no default target modules for the composite "encoder-decoder" model type: one clear line.
-    with pytest.raises(ModelError, match="cannot add lora adapters to encoder-decoder: .*target_modules"):
-        finetune.run(config, *args, str(tmp_path / "ft-default"))
-
-    named = _config(
-        tmp_path, tiny_bert_dir, training={"adapter": "lora", "lora_rank": 4, "lora_target_modules": ["query", "value"]}
-    )
-    trained = finetune.run(named, *args, str(tmp_path / "ft"))
+    args = (cleaned.train_uri, cleaned.validation_uri, cleaned.labels, "tiny", str(tmp_path / "ft"))
+    trained = finetune.run(config, *args)
     assert trained.adapter == "lora" and 0 < trained.trainable_parameters < trained.num_parameters
-    assert not (Path(trained.model_uri) / "adapter_config.json").exists()  # merged: a plain model directory
+    model_dir = Path(trained.model_uri)
+    assert not (model_dir / "adapter_config.json").exists()  # merged: a plain model directory
+    assert AutoModelForSeq2SeqLM.from_pretrained(model_dir).config.is_encoder_decoder
+
+    # peft has no default for the composite encoder-decoder: all-linear reaches the new cross-attention too.
+    task = get_task(config)
+    adapted = adapters.wrap(task.load_model(tiny_bert_dir), config.training, task)
+    adapted_modules = {name for name, _ in adapted.named_modules() if name.endswith("lora_A")}
+    assert any("crossattention" in name for name in adapted_modules)
+    assert any(".encoder." in name for name in adapted_modules) and any(".decoder." in name for name in adapted_modules)
 
 
 def test_a_decoder_only_model_is_refused_in_one_line(tiny_llama_dir, tmp_path):
