@@ -80,7 +80,7 @@ def test_sft_with_lora_registers_a_model_whose_card_generates(sft_config, tmp_pa
     metrics = version.metadata["metrics"]
     assert {"exact_match", "rouge_l", "chrf", "bleu", "perplexity"} <= set(metrics)
     training = version.metadata["training"]
-    assert training["adapter"] == "lora" and training["trainable_parameters"] < 2_000_000
+    assert training["adapter"] == "lora" and training["trainable_parameters"] < 0.05 * 134_515_008  # r 16, all linear
     with capsys.disabled():
         print(
             f"\nSmolLM2 + LoRA on {ROWS} SMS: test exact match {metrics['exact_match']:.4f}, ROUGE-L "
