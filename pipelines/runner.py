@@ -100,13 +100,20 @@ def run_local(config: PipelineConfig, work_dir: Path | None = None, force_retrai
         with (
             warm_task_starts(run_dir / "task-server.log", task_environment(config)),
             open(log_path, "w", encoding="utf-8") as log,
-            contextlib.redirect_stdout(_ConsoleFilter(log)),
+            contextlib.redirect_stdout(_ConsoleFilter(log)) as console,
             warnings.catch_warnings(),
         ):
             # Expected here, by design: the image is a tag and the Kubernetes settings are for clusters.
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
             build_pipeline(config)(config_json=config.to_json(), force_retrain=force_retrain)
+        if console.misread:
+            # kfp.local treats a condition it cannot evaluate as false and goes on: the run would "succeed" with
+            # every task after it skipped, as if the data had not changed or the gate had failed.
+            raise PipelineFailed(
+                f"KFP's local runner skipped the tasks after a condition it could not evaluate "
+                f"({console.misread[0]}) (full log: {log_path})"
+            )
     except RuntimeError as error:
         message = error_file.read_text().strip() if error_file.exists() else ""
         reason = message.splitlines()[-1] if message else f"pipeline failed: {error}"
@@ -138,16 +145,23 @@ class _ConsoleFilter(io.TextIOBase):
     _QUIET = ("Got executor_input", "Looking for component", "Loading KFP component", "Wrote executor output",
               "Found credentials", "Did not write output")
 
+    _SHOWN = (" - INFO - Executing task", "finished with status", " - WARNING - ", " - ERROR - ")
+    # What kfp.local logs when it cannot read the value a dsl.If tests (it then skips the branch).
+    _MISREAD = ("Could not resolve", "Condition evaluation failed")
+
     def __init__(self, log) -> None:
         self.log = log
         self.console = sys.stdout
         self.pending = ""
+        self.misread: list[str] = []
 
     def write(self, text: str) -> int:
         self.log.write(text)
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
+            if " - WARNING - " in line and any(marker in line for marker in self._MISREAD):
+                self.misread.append(line.split(" - WARNING - ", 1)[1].strip())
             if self._shown(line.strip()):
                 self.console.write(line.strip() + "\n")
         return len(text)
@@ -155,7 +169,7 @@ class _ConsoleFilter(io.TextIOBase):
     def _shown(self, line: str) -> bool:
         if line.startswith("[KFP Executor"):
             return not any(noise in line for noise in self._QUIET)
-        return any(marker in line for marker in (" - INFO - Executing task", "finished with status", " - ERROR - "))
+        return any(marker in line for marker in self._SHOWN)
 
     def flush(self) -> None:
         self.log.flush()

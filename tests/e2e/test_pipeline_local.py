@@ -48,7 +48,7 @@ def pipeline_config(s3_storage, minilm_path, tiny_bert_dir, tmp_path, request):
 def test_whole_pipeline_registers_a_better_than_baseline_model(pipeline_config, s3_storage, capsys):
     assert main(["run", "--local", "--config", str(pipeline_config)]) == 0
     printed = capsys.readouterr().out
-    assert "registered sms-spam-e2e version 1" in printed
+    assert "registered sms-spam-e2e version 1" in printed, printed  # all of it: the data check and gate lines
 
     config = load_config(pipeline_config)
     registry = ModelRegistry(Storage(config.storage), config.registry.uri)
