@@ -731,7 +731,15 @@ class CausalLMSFTTask(_GenerativeTask):
         description="Wrap each pair in the model's chat template (user turn, assistant turn); off, or for a model "
         "without one: `prompt_template` + completion + the end-of-sequence token.",
     )
-    system_prompt: str | None = Field(None, description="A system turn before every prompt (chat template only).")
+    system_prompt: str | None = Field(
+        None, description="A system turn before every prompt (chat template only), unless a conversation has its own."
+    )
+    messages_column: str | None = Field(
+        None,
+        description="Read conversations from this column instead of `data.text_column` and `data.label_column`: a "
+        "list of `{role, content}` turns (roles system, user, assistant) per row, as JSON Lines or Parquet write it "
+        "(or JSON text in a CSV cell). The last assistant turn is the completion, the turns before it the prompt.",
+    )
     prompt_template: str = Field(
         "### Instruction:\n{prompt}\n\n### Response:\n",
         description="The text before the completion when no chat template is used; must contain `{prompt}`.",

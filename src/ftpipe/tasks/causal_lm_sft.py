@@ -3,6 +3,12 @@
 Data and test metrics: see ``ftpipe.tasks.generation`` (prompt in ``data.text_column``, completion in
 ``data.label_column``, both cleaned; exact match, ROUGE-L, chrF, BLEU and perplexity on test).
 
+Conversations (``task.messages_column``): a column of ``{role, content}`` turns per row instead of the prompt and
+completion columns. The last assistant turn is the completion and the turns before it the prompt, so the loss
+covers that reply (a conversation with several replies to learn from is one row per reply). Every turn's content
+is cleaned as a prompt is; a row that is not such a conversation (no assistant turn, no user turn before it, an
+unknown role, bad JSON) is quarantined with its text missing, and the log names the first one.
+
 Format: each pair becomes a chat, a user turn (after ``task.system_prompt`` when set) and the assistant's reply,
 rendered by the model's chat template. A model without one, or ``task.chat_template: false``, gets a template made
 of ``task.prompt_template`` (the text before the completion) and the end-of-sequence token after it; it is saved
@@ -32,17 +38,68 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ftpipe.errors import DataError
 from ftpipe.tasks.base import TEXT, device, head_and_tail
 from ftpipe.tasks.generation import COMPLETION, NO_LABEL, GenerativeTask
+from ftpipe.text import clean_texts
 
 logger = logging.getLogger(__name__)
+ROLES = ("system", "user", "assistant")
+
+
+def chat_turns(cell: Any) -> list[dict[str, str]]:
+    """A conversation cell (a list of turns, or its JSON text) as ``[{"role": ..., "content": ...}, ...]``.
+
+    Raises:
+        ValueError: the cell is not such a list (the message says what is wrong).
+    """
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON ({error.msg})") from None
+    if isinstance(cell, np.ndarray):  # Parquet's lists
+        cell = cell.tolist()
+    if not isinstance(cell, list) or not cell:
+        raise ValueError("not a list of turns")
+    turns = []
+    for turn in cell:
+        if not isinstance(turn, Mapping) or not isinstance(turn.get("role"), str) or turn.get("content") is None:
+            raise ValueError('a turn without a "role" and a "content"')
+        role = turn["role"].strip().lower()
+        if role not in ROLES:
+            raise ValueError(f"unknown role {turn['role']!r} (expected system, user or assistant)")
+        turns.append({"role": role, "content": str(turn["content"])})
+    return turns
+
+
+def split_conversation(turns: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """The turns before the last assistant turn (the prompt), and that turn's content (the completion)."""
+    replies = [i for i, turn in enumerate(turns) if turn["role"] == "assistant"]
+    if not replies:
+        raise ValueError("no assistant turn")
+    last = replies[-1]
+    if not any(turn["role"] == "user" for turn in turns[:last]):
+        raise ValueError("no user turn before the last assistant turn")
+    return turns[:last], turns[last]["content"]
+
+
+def serialised(turns: list[dict[str, str]]) -> str:
+    """Turns as the prompt text of a cleaned split: JSON that clean_data's text cleaning leaves as it is.
+
+    clean_data cleans the prompt text once more (markup, Unicode form, whitespace), so every character that
+    cleaning could change (non-ASCII, <, >, &) is written as a JSON escape; the contents are cleaned already.
+    """
+    text = json.dumps(turns, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def fallback_chat_template(prompt_template: str) -> str:
@@ -97,6 +154,49 @@ class CausalLMSFT(GenerativeTask):
     probe_model_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
 
+    # -- data (clean_data) ---------------------------------------------------------------------
+
+    def input_columns(self) -> dict[str, str]:
+        column = self.settings.messages_column
+        return super().input_columns() if column is None else {column: "task.messages_column"}
+
+    def read_rows(self, frame: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+        column = self.settings.messages_column
+        if column is None:
+            return super().read_rows(frame)
+        contexts: list[list[dict[str, str]] | None] = []
+        replies: list[str | None] = []
+        problems = []
+        for number, cell in enumerate(frame[column].tolist(), start=1):
+            context = reply = None
+            if not (cell is None or (isinstance(cell, float) and math.isnan(cell))):
+                try:
+                    context, reply = split_conversation(chat_turns(cell))
+                except ValueError as error:
+                    problems.append(f"conversation {number}: {error}")
+            contexts.append(context)
+            replies.append(reply)
+        if problems and all(context is None for context in contexts):
+            raise DataError(f"column {column!r} holds no usable conversation ({problems[0]})")
+        if problems:
+            logger.warning(
+                "%d row(s) of column %r are not conversations (quarantined as missing text), first: %s",
+                len(problems), column, problems[0],
+            )
+        # Every turn's content cleaned at once, as clean_data cleans a prompt column.
+        contents = pd.Series([turn["content"] for turns in contexts if turns for turn in turns], dtype=object)
+        cleaned = iter(clean_texts(contents, self.config.cleaning).tolist())
+        texts = [
+            None if turns is None else serialised([{**turn, "content": next(cleaned)} for turn in turns])
+            for turns in contexts
+        ]
+        return pd.Series(texts, dtype=object), np.asarray(replies, dtype=object)
+
+    def prompt_shown(self, text: str) -> str:
+        if self.settings.messages_column is None:
+            return text
+        return " / ".join(f"{turn['role']}: {turn['content']}" for turn in json.loads(text))
+
     # -- formatting ----------------------------------------------------------------------------
 
     def prepare_tokenizer(self, tokenizer: Any) -> None:
@@ -106,9 +206,15 @@ class CausalLMSFT(GenerativeTask):
             tokenizer.pad_token = tokenizer.eos_token
 
     def _messages(self, prompt: str) -> list[dict[str, str]]:
+        """The chat before the reply: the conversation's turns, or one user turn; the system prompt first."""
+        if self.settings.messages_column is None:
+            turns = [{"role": "user", "content": prompt}]
+        else:
+            turns = json.loads(prompt)
         system = self.settings.system_prompt
-        turns = [{"role": "system", "content": system}] if system else []
-        return [*turns, {"role": "user", "content": prompt}]
+        if system and turns[0]["role"] != "system":
+            turns = [{"role": "system", "content": system}, *turns]
+        return turns
 
     def prompt_texts(self, tokenizer: Any, prompts: Sequence[str]) -> list[str]:
         """Each prompt as the model sees it before its reply (chat-formatted, the assistant's turn opened)."""

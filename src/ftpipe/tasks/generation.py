@@ -179,9 +179,14 @@ class GenerativeTask(Task):
         metrics["n_examples"] = len(frame)
         shown = min(self.settings.report_samples, len(frame))
         metrics["samples"] = [
-            {"prompt": frame[TEXT].iloc[i], "reference": references[i], "generated": generated[i]} for i in range(shown)
+            {"prompt": self.prompt_shown(frame[TEXT].iloc[i]), "reference": references[i], "generated": generated[i]}
+            for i in range(shown)
         ]
         return metrics
+
+    def prompt_shown(self, text: str) -> str:
+        """A cleaned split's prompt as the report shows it next to its generation."""
+        return text
 
     def metric_tables(self, metrics: dict[str, Any], production: dict[str, Any] | None) -> list[tuple[str, Table]]:
         samples = metrics.get("samples") or []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ftpipe.config import parse_config
-from ftpipe.errors import ConfigError
+from ftpipe.errors import ConfigError, DataError
 from ftpipe.steps import clean_data, finetune
 from ftpipe.tasks import get_task
 from ftpipe.tasks.causal_lm_sft import fallback_chat_template, packing_is_exact
@@ -118,6 +118,54 @@ def test_cleaning_keeps_other_replies_to_a_prompt_and_drops_copies(tiny_llama_di
     assert sum(cleaned.counts.values()) == 41
     train = pd.read_parquet(cleaned.train_uri)
     assert list(train.columns) == ["text", "completion"]
+
+
+def test_conversations_train_on_their_last_reply_with_every_turn_cleaned(tiny_llama_dir, tmp_path):
+    def chat(i: int) -> list[dict]:
+        return [
+            {"role": "system", "content": "You sort <b>messages</b> &amp; answer in one word."},
+            {"role": "user", "content": f"Message {i}:  caf\u0065\u0301 at  noon?"},  # e + combining accent
+            {"role": "assistant", "content": "Which message?"},
+            {"role": "User", "content": f"Number {i}, is it spam?"},
+            {"role": "assistant", "content": "spam" if i % 2 else "ham"},
+        ]
+
+    rows = [{"messages": chat(i)} for i in range(30)]
+    rows += [
+        {"messages": [{"role": "user", "content": "no reply"}]},
+        {"messages": [{"role": "assistant", "content": "nobody asked"}]},
+        {"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "x"}]},
+        {"messages": "{not json"},
+        {"messages": None},
+        {"messages": chat(0)},  # a copy of the whole conversation
+    ]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = _config(tmp_path, tiny_llama_dir, task={"messages_column": "messages", "system_prompt": "Be brief."})
+    cleaned = clean_data.run(config, str(tmp_path / "clean"))
+    assert cleaned.rejected["missing_text"] == 5 and cleaned.rejected["duplicate"] == 1
+    assert sum(cleaned.counts.values()) == 30
+    train = pd.read_parquet(cleaned.train_uri)
+    assert set(train["completion"]) <= {"spam", "ham"}
+
+    task = get_task(config)
+    turns = json.loads(train["text"].iloc[0])
+    assert [turn["role"] for turn in turns] == ["system", "user", "assistant", "user"]
+    assert turns[0]["content"] == "You sort messages & answer in one word."  # markup gone, entity decoded
+    assert "café at noon?" in turns[1]["content"]  # NFKC composed, spaces collapsed
+    tokenizer = _tokenizer(tiny_llama_dir)
+    task.prepare_tokenizer(tokenizer)
+    prompt = task.prompt_texts(tokenizer, [train["text"].iloc[0]])[0]
+    # The conversation's own system turn wins over task.system_prompt; the earlier reply is context, not loss.
+    assert "Be brief." not in prompt and prompt.count("<|im_start|>assistant") == 2
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert task.prompt_shown(train["text"].iloc[0]).startswith("system: You sort messages")
+
+
+def test_a_column_of_no_conversations_is_one_clear_error(tiny_llama_dir, tmp_path):
+    (tmp_path / "data.jsonl").write_text(json.dumps({"messages": "hello"}) + "\n")
+    config = _config(tmp_path, tiny_llama_dir, task={"messages_column": "messages"})
+    with pytest.raises(DataError, match="no usable conversation .*conversation 1: not JSON"):
+        clean_data.run(config, str(tmp_path / "clean"))
 
 
 def test_generation_scores():
