@@ -244,6 +244,33 @@ def _registry_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_export(args: argparse.Namespace) -> int:
+    """A version as a plain ``from_pretrained`` directory, written whole or not at all."""
+    import shutil
+    import tempfile
+
+    from ftpipe.errors import RegistryError
+    from ftpipe.training import adapters
+
+    destination = Path(args.destination)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise RegistryError(f"--merged {destination}: exists and is not an empty directory")
+    registry = _registry(args)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ftpipe-export-", dir=destination.parent) as scratch:
+        downloaded = registry.download(args.name, args.version, Path(scratch) / "version")
+        if adapters.is_adapter_dir(downloaded):
+            written = adapters.merged_copy(downloaded, Path(scratch) / "merged", registry.storage)
+            how = "its adapter merged into its base"
+        else:
+            written, how = downloaded, "merged weights as registered"
+        if destination.exists():
+            destination.rmdir()
+        shutil.move(str(written), destination)
+    print(f"{args.name} version {args.version}: {how}, written to {destination}")
+    return 0
+
+
 def _registry_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.set_alias(args.name, args.alias, args.version)
@@ -352,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("version", nargs="?", type=int)
     show.add_argument("--alias", default=None, help="show the version this alias points at")
     show.set_defaults(handler=_registry_show)
+    export = registry_parser("export", "write a version as a plain from_pretrained directory (adapters merged)")
+    export.add_argument("name")
+    export.add_argument("version", type=int)
+    export.add_argument("--merged", dest="destination", required=True, metavar="DIR", help="a new or empty directory")
+    export.set_defaults(handler=_registry_export)
     promote = registry_parser("promote", "point an alias at a version (atomic compare-and-swap)")
     promote.add_argument("name")
     promote.add_argument("version", type=int)

@@ -201,6 +201,13 @@ class FinetuneConfig(StrictModel):
         "projections while the pre-trained weights stay frozen, the task head fully trained; `qlora`: LoRA on a "
         "4-bit NF4 base (bitsandbytes, CUDA GPUs only).",
     )
+    adapter_save: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="What a version holds when an adapter trained: `merged` weights (a plain `from_pretrained` "
+        "directory), or the `adapter` alone (with the trained head) and a reference to its exact base model (source "
+        "and SHA-256 of its weights). `ftpipe registry export NAME VERSION --merged DIR` writes a plain directory "
+        "from either.",
+    )
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1)

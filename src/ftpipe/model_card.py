@@ -118,6 +118,7 @@ def render_model_card(
     pipeline_tag: str = "text-classification",
     summary: str = "",
     usage: str = "",
+    usage_note: str = "",
     metric_names: Sequence[str] = ("accuracy", "f1_macro"),
 ) -> str:
     """The card (README.md text) of one fine-tuned model.
@@ -146,6 +147,7 @@ def render_model_card(
         pipeline_tag: the Hugging Face task name (the task's ``pipeline_tag``).
         summary: what the model does and how well (the task's ``card_summary``).
         usage: Python that loads the model from ``DIRECTORY`` and predicts (the task's ``usage_snippet``).
+        usage_note: a paragraph before it (how to get ``DIRECTORY`` when the version is not a plain model).
         metric_names: the task's test metrics, in the order to list them.
     """
     if isinstance(created_at, datetime):
@@ -213,6 +215,7 @@ def render_model_card(
         "",
         "## How to use",
         "",
+        *([usage_note, ""] if usage_note else []),
         "```python",
         "# DIRECTORY: where ftpipe's `registry download` (ModelRegistry.download) put this version",
         usage,

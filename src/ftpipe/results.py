@@ -119,8 +119,10 @@ class FinetuneResult(StepResult):
     resumed_from_checkpoint: str | None
     notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
     recipe: list[str] = []  # each training setting, with where it came from (ftpipe.training.recipe)
-    adapter: str = "none"  # training.adapter: none (full fine-tuning), lora or qlora (merged before saving)
+    adapter: str = "none"  # training.adapter: none (full fine-tuning), lora or qlora
     trainable_parameters: int | None = None  # what the optimizer updated (all of num_parameters without an adapter)
+    saved_as: str = "merged"  # what the model directory holds: merged weights, or the adapter alone (see adapters)
+    adapter_bytes: int | None = None  # the adapter files' size, when saved alone
     # The sweep that chose this model (choose_trial): winner, trials, importances, space, hyperparameters.
     sweep: dict[str, Any] | None = None
     log_uri: str

@@ -60,7 +60,14 @@ def sft_config(s3_storage, smollm2_gguf, tmp_path, request):
         "cleaning": {"max_tokens": 128},
         "candidates": [{"name": "smollm2", "source": f"{prefix}/models/smollm2"}],
         "selection": {"probe_validation_rows": 16},
-        "training": {"adapter": "lora", "epochs": 1, "batch_size": 8, "eval_steps": 8, "max_length": 96},
+        "training": {
+            "adapter": "lora",
+            "adapter_save": "adapter",
+            "epochs": 1,
+            "batch_size": 8,
+            "eval_steps": 8,
+            "max_length": 96,
+        },
         "registry": {"uri": f"{prefix}/registry", "model_name": "sms-sft-e2e"},
         "storage": {"artifact_root": f"{prefix}/runs"},
     }
@@ -81,6 +88,8 @@ def test_sft_with_lora_registers_a_model_whose_card_generates(sft_config, tmp_pa
     assert {"exact_match", "rouge_l", "chrf", "bleu", "perplexity"} <= set(metrics)
     training = version.metadata["training"]
     assert training["adapter"] == "lora" and training["trainable_parameters"] < 0.05 * 134_515_008  # r 16, all linear
+    # The version holds the adapter alone (evaluate merged it onto the base to score it): 4 bytes per parameter.
+    assert training["saved_as"] == "adapter" and training["adapter_bytes"] < 5 * training["trainable_parameters"]
     with capsys.disabled():
         print(
             f"\nSmolLM2 + LoRA on {ROWS} SMS: test exact match {metrics['exact_match']:.4f}, ROUGE-L "
@@ -89,8 +98,13 @@ def test_sft_with_lora_registers_a_model_whose_card_generates(sft_config, tmp_pa
     # A model that learnt the answer format says "spam" or "ham": most answers match whatever the class.
     assert metrics["exact_match"] >= 0.7
 
-    directory = registry.download("sms-sft-e2e", version.version, tmp_path / "downloaded")
-    card = (Path(directory) / "README.md").read_text()
+    # As the card says: export the merged model, then run the snippet on it.
+    card = (Path(registry.download("sms-sft-e2e", version.version, tmp_path / "downloaded")) / "README.md").read_text()
+    assert "ftpipe registry export sms-sft-e2e VERSION --merged DIRECTORY" in card
+    directory = tmp_path / "merged"
+    export = ["registry", "export", "sms-sft-e2e", str(version.version), "--merged", str(directory)]
+    assert main([*export, "--config", str(sft_config)]) == 0
+    capsys.readouterr()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(snippet, "model-card-snippet", "exec"), {"DIRECTORY": str(directory)})  # noqa: S102
     # The card's prompt is not the training instruction, so its reply is free text (e.g. "this is a spam").

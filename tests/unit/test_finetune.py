@@ -227,3 +227,57 @@ def test_train_fraction_then_max_train_rows_cut_the_train_split():
     assert finetune.train_rows_used(FinetuneConfig(train_fraction=0.25, max_train_rows=100), 1000) == 100
     assert finetune.train_rows_used(FinetuneConfig(train_fraction=0.5, max_train_rows=900), 1000) == 500
     assert finetune.train_rows_used(FinetuneConfig(train_fraction=1.0), 1000) == 1000
+
+
+def test_an_adapter_saved_alone_merges_back_onto_its_exact_base(tiny_bert_dir, splits, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ftpipe.cli import main
+    from ftpipe.registry import ModelRegistry
+    from ftpipe.storage import Storage
+    from ftpipe.training import adapters
+
+    base = tmp_path / "base"  # a copy of its own, so that the test can change its weights afterwards
+    shutil.copytree(tiny_bert_dir, base)
+    config = make_config(str(base), epochs=1, adapter="lora", adapter_save="adapter")
+    result = finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output)
+
+    model_dir = Path(result.model_uri)
+    assert result.saved_as == "adapter" and not (model_dir / "model.safetensors").exists()
+    assert result.adapter_bytes == sum(p.stat().st_size for p in model_dir.glob("adapter_*"))
+    reference = json.loads((model_dir / adapters.BASE_REFERENCE).read_text())
+    assert reference == {"source": str(base), "weights_sha256": adapters.weights_digest(base)}
+    assert "saved alone" in Path(result.report_markdown_uri).read_text()
+
+    registry = ModelRegistry(Storage(), str(tmp_path / "registry"))
+    registry.register("adapted", model_dir, {"task": "text_classification"}, "card")
+    exported = tmp_path / "exported"
+    assert main(["registry", "export", "adapted", "1", "--merged", str(exported), "--registry-uri",
+                 str(tmp_path / "registry")]) == 0
+    assert "its adapter merged into its base" in capsys.readouterr().out
+    assert (exported / "model.safetensors").is_file() and not (exported / "adapter_config.json").exists()
+
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    batch = tokenizer(["win a free prize", "see you at lunch"], padding=True, return_tensors="pt")
+    plain = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    assert plain.config.id2label == {0: "ham", 1: "spam"}
+    unmerged = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base, config=plain.config), str(model_dir)
+    ).eval()
+    with torch.inference_mode():
+        assert torch.allclose(plain(**batch).logits, unmerged(**batch).logits, atol=1e-5)
+
+    # The base changed since training: the adapter no longer fits it, and nothing is written.
+    weights = AutoModelForSequenceClassification.from_pretrained(base)
+    with torch.no_grad():
+        next(weights.parameters()).add_(0.01)
+    weights.save_pretrained(base)
+    again = tmp_path / "again"
+    assert main(["registry", "export", "adapted", "1", "--merged", str(again), "--registry-uri",
+                 str(tmp_path / "registry")]) != 0
+    assert "is not the one this adapter was trained on" in capsys.readouterr().err
+    assert not again.exists()

@@ -43,6 +43,7 @@ from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
 from ftpipe.steps.select_model import read_checked_split
 from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
+from ftpipe.training import adapters
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,12 @@ _EPSILON = 1e-9  # float slack so that "equal to the threshold" passes
 __all__ = ["EvaluateResult", "ProductionComparison", "gate_decision", "run"]
 
 
-def _predict(task: Task, model_dir: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The task's predictions of a saved model, and the model's own outputs."""
-    predictions = task.predict(model_dir, frame)
-    gc.collect()  # the model is gone: free its memory before the next one loads
-    return predictions, task.model_labels(model_dir)
+def _predict(task: Task, model_dir: str, frame: pd.DataFrame, storage: Storage) -> tuple[pd.DataFrame, list[str]]:
+    """The task's predictions of a saved model (an adapter-only one merged onto its base), and its outputs."""
+    with adapters.loadable(model_dir, storage) as plain_dir:
+        predictions = task.predict(plain_dir, frame)
+        gc.collect()  # the model is gone: free its memory before the next one loads
+        return predictions, task.model_labels(plain_dir)
 
 
 def _scalars(task: Task, metrics: dict[str, Any]) -> dict[str, float]:
@@ -146,7 +148,7 @@ def run(
     test = read_checked_split(storage, test_uri, "test", task, labels)
 
     logger.info("evaluating %s on %d test rows", model_uri, len(test))
-    predictions, new_labels = _predict(task, models.resolve_source(model_uri, storage), test)
+    predictions, new_labels = _predict(task, models.resolve_source(model_uri, storage), test, storage)
     if set(new_labels) != set(labels):
         raise ModelError(f"the model at {model_uri} predicts {new_labels}, but the test split's outputs are {labels}")
     metrics = task.test_metrics(test, predictions, labels)
@@ -159,7 +161,7 @@ def run(
         logger.info("scoring production version %d of %s on the same rows", found.version, found.name)
         with tempfile.TemporaryDirectory(prefix="ftpipe-production-") as scratch:
             registry.download(found.name, found.version, scratch)
-            prod_predictions, prod_labels = _predict(task, scratch, test)
+            prod_predictions, prod_labels = _predict(task, scratch, test, storage)
         prod_metrics = task.test_metrics(test, prod_predictions, labels)
         same = set(prod_labels) == set(labels)
         new_scalars, prod_scalars = _scalars(task, metrics), _scalars(task, prod_metrics)

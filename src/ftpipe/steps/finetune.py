@@ -16,7 +16,8 @@ compiling took about 100 s and the compiled steps were no faster. Importing this
 loads inside :func:`run`), as the evaluate and register_model tasks import it for :class:`FinetuneResult`.
 
 Adapters (``training.adapter``: lora, qlora; ``ftpipe.training.adapters``): the loaded model is wrapped before
-training and the adapter merged into its weights before saving, so the saved model is the same plain directory.
+training; before saving, the adapter is merged into its weights (the saved model is the same plain directory) or,
+with ``training.adapter_save: adapter``, saved alone with a reference to its exact base.
 
 Preemption: checkpoints are written to a local work directory and mirrored to
 ``<output_uri>/checkpoints/`` after each save, each one marked complete only once all of its files
@@ -509,7 +510,7 @@ def run(
         notes = task.finalize(trainer, validation_dataset)  # the best weights are loaded: fit what validation picks
         model_dir = Path(scratch) / "model"
         # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
-        adapters.merged(trainer.model).save_pretrained(model_dir)
+        saved_as = adapters.save(trainer.model, model_dir, training.adapter_save, chosen.source, resolved)
         tokenizer.save_pretrained(model_dir)
         license_id = candidate_license(chosen, resolved)
         (model_dir / "README.md").write_text(
@@ -536,6 +537,8 @@ def run(
             recipe=recipe.lines(),
             adapter=training.adapter,
             trainable_parameters=trainable,
+            saved_as=saved_as,
+            adapter_bytes=adapters.adapter_bytes(model_dir) if saved_as == adapters.ADAPTER else None,
         )
         log_history = list(state.log_history)
         best_step = state.best_global_step
@@ -582,6 +585,8 @@ def _trained(fields: dict[str, Any]) -> str:
         return "every parameter (full fine-tuning)"
     share = fields["trainable_parameters"] / max(fields["num_parameters"], 1)
     trained = f"{fields['trainable_parameters']:,} parameters ({share:.2%})"
+    if fields["saved_as"] == adapters.ADAPTER:
+        return f"{fields['adapter']} adapters and the head: {trained}, saved alone ({fields['adapter_bytes']:,} bytes)"
     return f"{fields['adapter']} adapters and the head: {trained}, merged into the saved weights"
 
 

@@ -69,6 +69,8 @@ def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: 
             "resumed_from_checkpoint",
             "adapter",
             "trainable_parameters",
+            "saved_as",
+            "adapter_bytes",
         }
     )
     # The model trained: select_model's choice, or (in a sweep) the winning trial's candidate, which it ranked too.
@@ -215,6 +217,7 @@ def run(
             pipeline_tag=task.pipeline_tag,
             summary=task.card_summary(evaluation.labels, evaluation.metrics),
             usage=task.usage_snippet(),
+            usage_note=_adapter_note(name, lineage),
             metric_names=list(task.settings.metrics),
         )
         version = registry.register(name, model_dir, metadata, card)
@@ -239,3 +242,16 @@ def run(
     )
     tracking.log_registration(config, run_id, result)  # a no-op unless tracking.mlflow_uri is set
     return result
+
+
+def _adapter_note(name: str, lineage: dict[str, Any]) -> str:
+    """What the card says of a version that holds an adapter alone (nothing for merged weights)."""
+    training = lineage.get("training") or {}
+    if training.get("saved_as") != "adapter":
+        return ""
+    return (
+        f"This version holds a {training['adapter']} adapter and the trained head ({training['adapter_bytes']:,} "
+        f"bytes), not merged weights: its base is `{lineage['base_model_source']}`, pinned by the SHA-256 of its "
+        f"weights in `ftpipe_base_model.json`. `ftpipe registry export {name} VERSION --merged DIRECTORY` writes "
+        "the plain model below, or load the adapter onto that base with peft's `PeftModel.from_pretrained`."
+    )
