@@ -234,6 +234,11 @@ class FinetuneConfig(StrictModel):
         description="`auto`: bf16 mixed precision on a CUDA GPU that has it, fp16 on older CUDA GPUs, fp32 on CPU. "
         "`bf16` on a CPU runs on AMX / AVX-512-BF16 where the CPU has them; `fp16` needs a CUDA GPU.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: much less activation "
+        "memory (longer sequences or larger batches on a GPU) for about a third more compute. Same results.",
+    )
     torch_compile: bool = Field(
         False,
         description="Compile the model with torch.compile. Off by default: compiling takes minutes on a small CPU "

@@ -281,3 +281,23 @@ def test_an_adapter_saved_alone_merges_back_onto_its_exact_base(tiny_bert_dir, s
                  str(tmp_path / "registry")]) != 0
     assert "is not the one this adapter was trained on" in capsys.readouterr().err
     assert not again.exists()
+
+
+@pytest.mark.parametrize("adapter", ["none", "lora"])
+def test_gradient_checkpointing_trains_the_same_model(adapter, tiny_bert_dir, splits, tmp_path):
+    class SeesCheckpointing(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            plain = model.get_base_model() if hasattr(model, "get_base_model") else model
+            seen.append(plain.is_gradient_checkpointing)
+
+    losses, seen = {}, []
+    for checkpointing in (False, True):
+        config = make_config(tiny_bert_dir, epochs=1, adapter=adapter, gradient_checkpointing=checkpointing)
+        output = str(tmp_path / str(checkpointing))
+        result = finetune.run(
+            config, splits.train, splits.validation, LABELS, "tiny", output, callbacks=[SeesCheckpointing()]
+        )
+        log = json.loads(Path(result.log_uri).read_text())
+        losses[checkpointing] = [entry["loss"] for entry in log if "loss" in entry]
+    assert seen == [False, True]
+    assert len(losses[True]) > 1 and losses[True] == pytest.approx(losses[False], rel=1e-4)

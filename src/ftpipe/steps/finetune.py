@@ -259,6 +259,9 @@ def _training_arguments(
         use_cpu=not cuda,
         optim="adamw_torch_fused" if training.fused_optimizer else "adamw_torch",
         torch_compile=training.torch_compile,
+        gradient_checkpointing=training.gradient_checkpointing,
+        # Non-reentrant: works with frozen inputs (LoRA's frozen embeddings) without forcing their gradients.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
         tf32=allow_tf32(torch.cuda.get_device_capability() if cuda else None),
         **precision_flags(cuda, bf16, training.precision),
         **task_arguments,

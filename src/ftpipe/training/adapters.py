@@ -82,6 +82,7 @@ def wrap(model: Any, training: FinetuneConfig, task: Task) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if training.adapter == QLORA:
+        # Checkpointing, when on, is the Trainer's (training.gradient_checkpointing), set up the same way for all.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     settings = LoraConfig(
         task_type=task.peft_task_type,
