@@ -14,9 +14,9 @@ answer, in SmolLM2's chat format, with the same optimizer loop, batch size and n
 Throughput is real (non-padding) tokens per second of the optimizer steps after one warm-up step; useful-FLOP
 utilisation = 6 x non-embedding parameters x real tokens/s / the machine's measured fp32 matmul peak (full
 fine-tuning; LoRA skips the weight gradients, so the same formula would flatter it). Peak resident memory of each
-phase is reported beside it.
+phase (a process of its own: the imports, the model and its training loop) is reported beside it.
 
-    python -m bench.sft            # 4 timed steps of 8 examples each way (not yet run at full size here)
+    python -m bench.sft            # 4 timed steps of 8 examples each way (about 6 min on 2 cores)
     python -m bench.sft --smoke    # a 2-layer model of the same vocabulary, 1 step: checks that it runs
 """
 
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PeakMemory, emit, matmul_peak_gflops, quiet_libraries, release_memory, sms_sample
+from bench.common import PeakMemory, emit, matmul_peak_gflops, quiet_libraries, sms_sample
 
 MAX_LENGTH = 256
 BATCH = 8
@@ -124,54 +124,70 @@ def _train(model, batches) -> dict[str, float]:
     return {"tokens_per_s": tokens / seconds, "peak_rss_mib": memory.peak_mib, "tokens": tokens}
 
 
-def run(smoke: bool) -> dict[str, Any]:
+def _phase(name: str, smoke: bool) -> dict[str, Any]:
+    """One way of training (naive, ftpipe or lora), timed in a process of its own (see :func:`run`)."""
     import torch
 
     from ftpipe.config import FinetuneConfig
     from ftpipe.steps.select_model import available_cpus
     from ftpipe.training import adapters
 
+    quiet_libraries()
     torch.set_num_threads(available_cpus())
     steps = 2 if smoke else 5  # the first is warm-up
     build, tokenizer = _model_and_tokenizer(smoke)
     task = _task(tokenizer)
     sample = sms_sample().sample(n=steps * BATCH, random_state=0)
     frame = sample.assign(text=INSTRUCTION + sample["text"], completion=sample["label"])[["text", "completion"]]
-
-    figures: dict[str, Any] = {"steps_timed": steps - 1, "batch": BATCH, "max_length": MAX_LENGTH}
     model = build()
     parameters = sum(p.numel() for p in model.parameters())
     non_embedding = parameters - model.get_input_embeddings().weight.numel()
-    naive = _train(model, _naive_batches(task, tokenizer, frame, steps))
-    del model
-    release_memory()
-    model = build()
-    packed = _train(model, _ftpipe_batches(task, tokenizer, frame, steps, model))
-    del model
-    release_memory()
-    model = adapters.wrap(build(), FinetuneConfig(adapter="lora"), task)
-    lora = _train(model, _ftpipe_batches(task, tokenizer, frame, steps, model))
-    trainable = adapters.trainable_parameters(model)
-    del model
-    release_memory()
+    if name == "lora":
+        model = adapters.wrap(model, FinetuneConfig(adapter="lora"), task)
+    if name == "naive":
+        batches = _naive_batches(task, tokenizer, frame, steps)
+    else:
+        batches = _ftpipe_batches(task, tokenizer, frame, steps, model)
+    figures = _train(model, batches)
+    return {
+        **figures,
+        "steps_timed": steps - 1,
+        "parameters": parameters,
+        "non_embedding": non_embedding,
+        "trainable": adapters.trainable_parameters(model),
+    }
 
+
+def run(smoke: bool) -> dict[str, Any]:
+    """The three phases, each in a fresh process: a process's resident memory seldom shrinks after a phase
+    (allocator caches), so in one process every later phase's peak would start from the earlier ones'."""
+    import multiprocessing
+
+    phases = {}
+    for name in ("naive", "ftpipe", "lora"):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            phases[name] = pool.apply(_phase, (name, smoke))
+    naive, packed, lora = phases["naive"], phases["ftpipe"], phases["lora"]
     peak = matmul_peak_gflops(seconds=1.0 if smoke else 3.0)
-    figures.update(
-        parameters=parameters,
-        naive_tokens_per_s=naive["tokens_per_s"],
-        ftpipe_tokens_per_s=packed["tokens_per_s"],
-        speedup=packed["tokens_per_s"] / naive["tokens_per_s"],
-        peak_fp32_gflops=peak,
-        naive_utilisation=6 * non_embedding * naive["tokens_per_s"] / (peak * 1e9),
-        ftpipe_utilisation=6 * non_embedding * packed["tokens_per_s"] / (peak * 1e9),
-        lora_tokens_per_s=lora["tokens_per_s"],
-        lora_vs_full=lora["tokens_per_s"] / packed["tokens_per_s"],
-        lora_trainable_parameters=trainable,
-        naive_peak_rss_mib=naive["peak_rss_mib"],
-        ftpipe_peak_rss_mib=packed["peak_rss_mib"],
-        lora_peak_rss_mib=lora["peak_rss_mib"],
-    )
-    return figures
+    non_embedding = naive["non_embedding"]
+    return {
+        "steps_timed": naive["steps_timed"],
+        "batch": BATCH,
+        "max_length": MAX_LENGTH,
+        "parameters": naive["parameters"],
+        "naive_tokens_per_s": naive["tokens_per_s"],
+        "ftpipe_tokens_per_s": packed["tokens_per_s"],
+        "speedup": packed["tokens_per_s"] / naive["tokens_per_s"],
+        "peak_fp32_gflops": peak,
+        "naive_utilisation": 6 * non_embedding * naive["tokens_per_s"] / (peak * 1e9),
+        "ftpipe_utilisation": 6 * non_embedding * packed["tokens_per_s"] / (peak * 1e9),
+        "lora_tokens_per_s": lora["tokens_per_s"],
+        "lora_vs_full": lora["tokens_per_s"] / packed["tokens_per_s"],
+        "lora_trainable_parameters": lora["trainable"],
+        "naive_peak_rss_mib": naive["peak_rss_mib"],
+        "ftpipe_peak_rss_mib": packed["peak_rss_mib"],
+        "lora_peak_rss_mib": lora["peak_rss_mib"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
