@@ -167,3 +167,25 @@ def test_a_registered_model_loads_from_s3(registry_uri, tmp_path, tiny_bert_dir)
     assert found == version
     model = load_classifier(resolve_source(registry.model_uri("spam", found.version), registry.storage))
     assert model.config.id2label == {0: "ham", 1: "spam"}
+
+
+def test_export_writes_a_merged_version_as_it_is_and_never_over_a_directory(registry_uri, tmp_path, tiny_bert_dir):
+    from split_files import load_classifier
+
+    from ftpipe.cli import main
+
+    model_dir = tmp_path / "trained"
+    load_classifier(tiny_bert_dir, id2label={0: "ham", 1: "spam"}).save_pretrained(model_dir)
+    ModelRegistry(Storage(), registry_uri).register("spam", model_dir, {}, "# card\n")
+    exported, missing = tmp_path / "exported", tmp_path / "missing"
+
+    def export(version: str, destination: Path) -> int:
+        command = ["registry", "export", "spam", version, "--merged", str(destination)]
+        return main([*command, "--registry-uri", registry_uri])
+
+    assert export("1", exported) == 0
+    assert load_classifier(str(exported)).config.id2label == {0: "ham", 1: "spam"}
+    assert (exported / "README.md").read_text() == "# card\n"
+    # A directory with files in it is left alone; a version that does not exist writes nothing.
+    assert export("1", exported) != 0
+    assert export("7", missing) != 0 and not missing.exists()
