@@ -206,7 +206,7 @@ class FinetuneConfig(StrictModel):
         description="What a version holds when an adapter trained: `merged` weights (a plain `from_pretrained` "
         "directory), or the `adapter` alone (with the trained head) and a reference to its exact base model (source "
         "and SHA-256 of its weights). `ftpipe registry export NAME VERSION --merged DIR` writes a plain directory "
-        "from either.",
+        "from either. Without an adapter the whole model is saved either way.",
     )
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r).")
