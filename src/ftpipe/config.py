@@ -223,11 +223,12 @@ class FinetuneConfig(StrictModel):
     fused_optimizer: bool = Field(
         True, description="AdamW as one fused kernel per step (CPU and CUDA); off: PyTorch's per-tensor loop."
     )
-    attention: Literal["sdpa", "eager", "auto"] = Field(
+    attention: Literal["sdpa", "flash_attention_2", "eager", "auto"] = Field(
         "sdpa",
         description="Attention kernel: `sdpa` (PyTorch's scaled_dot_product_attention; a model without it falls "
-        "back to its default, with a warning), `eager` (the model's own matmul-softmax code), `auto` (transformers' "
-        "choice).",
+        "back to its default, with a warning), `flash_attention_2` (the flash-attn package, CUDA GPUs with bf16 or "
+        "fp16 only: anywhere else finetune stops with transformers' reason), `eager` (the model's own matmul-softmax "
+        "code), `auto` (transformers' choice).",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

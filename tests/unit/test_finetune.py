@@ -301,3 +301,9 @@ def test_gradient_checkpointing_trains_the_same_model(adapter, tiny_bert_dir, sp
         losses[checkpointing] = [entry["loss"] for entry in log if "loss" in entry]
     assert seen == [False, True]
     assert len(losses[True]) > 1 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_flash_attention_where_it_cannot_run_is_one_model_error(tiny_bert_dir, splits):
+    config = make_config(tiny_bert_dir, attention="flash_attention_2")
+    with pytest.raises(ModelError, match="(?i)flash"):
+        finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output)
