@@ -52,3 +52,30 @@ def test_gpu_training_uses_mixed_precision_fused_kernels_and_a_filled_batch(tiny
     if torch.cuda.get_device_capability() >= (8, 0):
         assert seen["tf32"]
     assert result.global_steps >= 1 and (Path(result.model_uri) / "model.safetensors").is_file()
+
+
+def test_qlora_trains_on_a_4bit_base_and_saves_full_precision_weights(tiny_bert_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoConfig
+
+    from ftpipe.config import parse_config
+    from ftpipe.steps import finetune
+
+    config = parse_config(
+        {
+            "data": {"uri": "unused.csv"},
+            "registry": {"model_name": "gpu"},
+            "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+            "training": {
+                "epochs": 1, "batch_size": 8, "adapter": "qlora", "lora_target_modules": ["query", "value"],
+                "gradient_checkpointing": True,
+            },
+        }
+    )
+    train = write_split(tmp_path / "train.parquet", 64, 1)
+    validation = write_split(tmp_path / "validation.parquet", 16, 2)
+    result = finetune.run(config, train, validation, LABELS, "tiny", str(tmp_path / "out"))
+
+    assert result.adapter == "qlora" and result.trainable_parameters < result.num_parameters
+    saved = AutoConfig.from_pretrained(result.model_uri)
+    assert getattr(saved, "quantization_config", None) is None  # merged, dequantised: loads without bitsandbytes
