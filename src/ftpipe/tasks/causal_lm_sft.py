@@ -286,37 +286,18 @@ class CausalLMSFT(GenerativeTask):
             )
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=NO_LABEL, pad_to_multiple_of=pad_to_multiple_of)
 
-    def _completion_nll(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
-        """Summed negative log-likelihood of each row's completion tokens, and their number."""
+    def _scored_ids(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
+        return self._encode(tokenizer, frame, max_length)
+
+    def _token_losses(self, model: Any, input_ids: Any, attention_mask: Any, labels: Any):
         import torch
 
-        ids, labels = self._encode(tokenizer, frame, max_length)
-        run_on = next(model.parameters()).device
-        nll = np.zeros(len(ids), dtype=np.float64)
-        counts = np.zeros(len(ids), dtype=np.int64)
-        order = np.argsort([len(row) for row in ids], kind="stable")
-        batch_size = self.config.training.eval_batch_size
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                target = torch.full((len(rows), width), NO_LABEL, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-                    target[j, : len(labels[i])] = torch.tensor(labels[i])
-                    mask[j, : len(ids[i])] = 1
-                logits = model(input_ids=input_ids.to(run_on), attention_mask=mask.to(run_on)).logits.float()
-                shifted = target[:, 1:].to(run_on)
-                losses = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].transpose(1, 2), shifted, ignore_index=NO_LABEL, reduction="none"
-                )
-                nll[rows] = losses.sum(dim=1).double().cpu().numpy()
-                counts[rows] = (shifted != NO_LABEL).sum(dim=1).cpu().numpy()
-        return nll, counts
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        shifted = labels[:, 1:]  # the logits at each position predict the next token
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), shifted, ignore_index=NO_LABEL, reduction="none"
+        )
+        return losses, shifted
 
     # -- prediction (evaluate) -------------------------------------------------------------------
 

@@ -167,6 +167,35 @@ class GenerativeTask(Task):
 
     def _completion_nll(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
         """Summed negative log-likelihood of each row's completion tokens given its prompt, and their number."""
+        import torch
+
+        ids, labels = self._scored_ids(model, tokenizer, frame, max_length)
+        run_on = next(model.parameters()).device
+        nll = np.zeros(len(ids), dtype=np.float64)
+        counts = np.zeros(len(ids), dtype=np.int64)
+        order = np.argsort([len(row) for row in ids], kind="stable")  # similar lengths: little padding
+        batch_size = self.config.training.eval_batch_size
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                losses, scored = self._token_losses(
+                    model,
+                    _padded([ids[i] for i in rows], pad).to(run_on),
+                    _padded([[1] * len(ids[i]) for i in rows], 0).to(run_on),
+                    _padded([labels[i] for i in rows], NO_LABEL).to(run_on),
+                )
+                nll[rows] = losses.sum(dim=1).double().cpu().numpy()
+                counts[rows] = (scored != NO_LABEL).sum(dim=1).cpu().numpy()
+        return nll, counts
+
+    def _scored_ids(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
+        """The model's input ids of each row and its labels (NO_LABEL where the loss does not look)."""
+        raise NotImplementedError
+
+    def _token_losses(self, model: Any, input_ids: Any, attention_mask: Any, labels: Any):
+        """Per-position cross-entropy of a padded batch (0 where not scored), and the labels it scored."""
         raise NotImplementedError
 
     # -- test metrics --------------------------------------------------------------------------
@@ -234,3 +263,13 @@ def _no_logits(logits: Any, labels: Any) -> Any:
 def _shorten(text: str, limit: int = 300) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _padded(rows: Sequence[Sequence[int]], value: int) -> Any:
+    """Rows of ids as one tensor, right-padded with ``value`` to the longest (at least one column)."""
+    import torch
+
+    batch = torch.full((len(rows), max(max(len(row) for row in rows), 1)), value, dtype=torch.long)
+    for j, row in enumerate(rows):
+        batch[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return batch

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ftpipe.errors import ModelError
@@ -196,42 +195,19 @@ class Seq2Seq(GenerativeTask):
     def trainer_classes(self) -> tuple[str, str]:
         return "Seq2SeqTrainingArguments", "Seq2SeqTrainer"
 
-    def _completion_nll(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
-        """Summed negative log-likelihood of each row's target tokens given its source, and their number."""
+    def _scored_ids(self, model: Any, tokenizer: Any, frame: pd.DataFrame, max_length: int):
+        return self._encode(tokenizer, frame, max_length, model.config.decoder_start_token_id)
+
+    def _token_losses(self, model: Any, input_ids: Any, attention_mask: Any, labels: Any):
         import torch
 
-        ids, labels = self._encode(tokenizer, frame, max_length, model.config.decoder_start_token_id)
-        run_on = next(model.parameters()).device
-        nll = np.zeros(len(ids), dtype=np.float64)
-        counts = np.zeros(len(ids), dtype=np.int64)
-        order = np.argsort([len(row) for row in ids], kind="stable")
-        batch_size = self.config.training.eval_batch_size
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in rows)
-                depth = max(max(len(labels[i]) for i in rows), 1)
-                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                target = torch.full((len(rows), depth), NO_LABEL, dtype=torch.long)
-                for j, i in enumerate(rows):
-                    input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[j, : len(ids[i])] = 1
-                    target[j, : len(labels[i])] = torch.tensor(labels[i], dtype=torch.long)
-                target = target.to(run_on)
-                # With labels, the model feeds its decoder the labels shifted right behind the start token: the
-                # logits at each position predict the label there.
-                logits = model(
-                    input_ids=input_ids.to(run_on), attention_mask=mask.to(run_on), labels=target
-                ).logits.float()
-                losses = torch.nn.functional.cross_entropy(
-                    logits.transpose(1, 2), target, ignore_index=NO_LABEL, reduction="none"
-                )
-                nll[rows] = losses.sum(dim=1).double().cpu().numpy()
-                counts[rows] = (target != NO_LABEL).sum(dim=1).cpu().numpy()
-        return nll, counts
+        # With labels, the model feeds its decoder the labels shifted right behind the start token: the logits at
+        # each position predict the label there.
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits.float()
+        losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels, ignore_index=NO_LABEL, reduction="none"
+        )
+        return losses, labels
 
     # -- prediction (evaluate) -------------------------------------------------------------------
 

@@ -168,6 +168,25 @@ def test_a_column_of_no_conversations_is_one_clear_error(tiny_llama_dir, tmp_pat
         clean_data.run(config, str(tmp_path / "clean"))
 
 
+def test_the_completion_nll_of_a_padded_batch_is_each_rows_own_loss(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    task = get_task(_config(tmp_path, tiny_llama_dir))
+    tokenizer = _tokenizer(tiny_llama_dir)
+    task.prepare_tokenizer(tokenizer)
+    frame = _pairs(6).assign(text=lambda f: f["text"] + pd.Series([" and more" * i for i in range(6)]))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    nll, tokens = task._completion_nll(model, tokenizer, frame, 64)  # rows of different lengths, padded together
+    expected_nll, expected_tokens = [], []
+    with torch.inference_mode():
+        for row in task.dataset(frame, tokenizer, 64, None):
+            scored = sum(label != NO_LABEL for label in row["labels"][1:])
+            loss = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])).loss
+            expected_nll.append(float(loss) * scored)
+            expected_tokens.append(scored)
+    assert list(tokens) == expected_tokens and nll == pytest.approx(expected_nll, rel=1e-4)
+
+
 def test_generation_scores():
     scores = generation_scores(["spam", "The cat sat."], [" SPAM ", "the cat sat on the mat"])
     assert scores["exact_match"] == 0.5
