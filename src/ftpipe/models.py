@@ -1,12 +1,13 @@
 """Finding and loading pre-trained models: local directories, s3:// prefixes and hub ids.
 
 Weights load as safetensors only, and ``trust_remote_code`` is passed through only when the
-candidate's config turns it on. S3 prefixes are downloaded once into a local cache keyed by URI.
+candidate's config turns it on. S3 prefixes are downloaded once into a local cache keyed by URI and the objects' ETags.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -27,16 +28,19 @@ def resolve_source(source: str, storage: Storage) -> str:
         ModelError: the local directory or S3 prefix does not exist.
     """
     if is_s3(source):
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        target = cache_dir() / "models" / digest
-        complete = target / ".complete"
-        if not complete.exists():
-            try:
+        try:
+            # Keyed on the objects' ETags too: a model replaced under the same prefix (a retrained base, a
+            # scheduled run's new candidate) is fetched again rather than served stale.
+            objects = {uri: storage.etag(uri) for uri in storage.list(source)}
+            digest = hashlib.sha256(json.dumps([source, objects], sort_keys=True).encode()).hexdigest()[:16]
+            target = cache_dir() / "models" / digest
+            complete = target / ".complete"
+            if not complete.exists():
                 storage.download_dir(source, target)
-            except StorageError as error:
-                kind = StorageUnavailable if error.transient else ModelError  # a retry may cure only the first
-                raise kind(f"cannot fetch model {source}: {error}") from None
-            complete.touch()
+                complete.touch()
+        except StorageError as error:
+            kind = StorageUnavailable if error.transient else ModelError  # a retry may cure only the first
+            raise kind(f"cannot fetch model {source}: {error}") from None
         return str(target)
     if is_hub_id(source):
         return source  # loading it offline fails with a ModelError from the loader

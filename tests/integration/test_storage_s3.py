@@ -1,5 +1,7 @@
 """Storage against a real SeaweedFS server: objects, prefixes, conditional writes, and clear failures."""
 
+from pathlib import Path
+
 import pytest
 
 from ftpipe import s3server
@@ -65,3 +67,19 @@ def test_embedded_server_is_found_without_any_environment(s3_server, monkeypatch
     finally:
         s3server.stop(tmp_path / "embedded")
     assert s3server.read_state(tmp_path / "embedded") is None
+
+
+def test_a_model_replaced_under_the_same_prefix_is_fetched_again(s3_storage, tmp_path):
+    from ftpipe.models import resolve_source
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"version": 1}')
+    s3_storage.upload_dir(model, "s3://ftpipe/models/replaced")
+    first = resolve_source("s3://ftpipe/models/replaced", s3_storage)
+    assert resolve_source("s3://ftpipe/models/replaced", s3_storage) == first  # unchanged: the cached copy
+
+    (model / "config.json").write_text('{"version": 2}')
+    s3_storage.upload_dir(model, "s3://ftpipe/models/replaced")
+    second = resolve_source("s3://ftpipe/models/replaced", s3_storage)
+    assert second != first and (Path(second) / "config.json").read_text() == '{"version": 2}'
