@@ -16,7 +16,7 @@ utilisation = 6 x non-embedding parameters x real tokens/s / the machine's measu
 fine-tuning; LoRA skips the weight gradients, so the same formula would flatter it). Peak resident memory of each
 phase (a process of its own: the imports, the model and its training loop) is reported beside it.
 
-    python -m bench.sft            # 4 timed steps of 8 examples each way (about 6 min on 2 cores)
+    python -m bench.sft            # 4 timed steps of 8 examples each way (4 min 27 s on 2 cores)
     python -m bench.sft --smoke    # a 2-layer model of the same vocabulary, 1 step: checks that it runs
 """
 

@@ -238,7 +238,8 @@ class FinetuneConfig(StrictModel):
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them: much less activation "
-        "memory (longer sequences or larger batches on a GPU) for about a third more compute. Same results.",
+        "memory (longer sequences or larger batches on a GPU) for a second forward pass through each layer. Same "
+        "results.",
     )
     torch_compile: bool = Field(
         False,

@@ -31,8 +31,7 @@ def resolve_source(source: str, storage: Storage) -> str:
         try:
             # Keyed on the objects' ETags too: a model replaced under the same prefix (a retrained base, a
             # scheduled run's new candidate) is fetched again rather than served stale.
-            objects = {uri: storage.etag(uri) for uri in storage.list(source)}
-            digest = hashlib.sha256(json.dumps([source, objects], sort_keys=True).encode()).hexdigest()[:16]
+            digest = hashlib.sha256(json.dumps([source, storage.etags(source)]).encode()).hexdigest()[:16]
             target = cache_dir() / "models" / digest
             complete = target / ".complete"
             if not complete.exists():

@@ -249,21 +249,29 @@ class Storage:
     def list(self, prefix_uri: str) -> list[str]:
         """Every object under a prefix (recursively), as full URIs, sorted."""
         if is_s3(prefix_uri):
-            location = parse_s3(prefix_uri)
-            prefix = location.key.rstrip("/") + "/" if location.key else ""
-            found: list[str] = []
-            with self._s3_errors(prefix_uri):
-                for page in self.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=location.bucket, Prefix=prefix
-                ):
-                    found.extend(f"s3://{location.bucket}/{item['Key']}" for item in page.get("Contents", []))
-            return sorted(found)
+            return sorted(self._s3_listing(prefix_uri))
         root = local_path(prefix_uri)
         if not root.is_dir():
             return []
         return sorted(
             str(path) for path in root.rglob("*") if path.is_file() and not path.name.startswith((".tmp-", ".lock-"))
         )
+
+    def etags(self, prefix_uri: str) -> dict[str, str]:
+        """``{uri: ETag}`` of every object under a prefix, from the listing itself on S3 (no request per object)."""
+        if is_s3(prefix_uri):
+            return dict(sorted(self._s3_listing(prefix_uri).items()))
+        return {uri: _md5(Path(uri).read_bytes()) for uri in self.list(prefix_uri)}
+
+    def _s3_listing(self, prefix_uri: str) -> dict[str, str]:
+        location = parse_s3(prefix_uri)
+        prefix = location.key.rstrip("/") + "/" if location.key else ""
+        found: dict[str, str] = {}
+        with self._s3_errors(prefix_uri):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    found[f"s3://{location.bucket}/{item['Key']}"] = item["ETag"].strip('"')
+        return found
 
     def delete(self, uri: str) -> None:
         if is_s3(uri):

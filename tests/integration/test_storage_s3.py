@@ -76,6 +76,8 @@ def test_a_model_replaced_under_the_same_prefix_is_fetched_again(s3_storage, tmp
     model.mkdir()
     (model / "config.json").write_text('{"version": 1}')
     s3_storage.upload_dir(model, "s3://ftpipe/models/replaced")
+    listed = s3_storage.etags("s3://ftpipe/models/replaced")  # from the listing: the ETags a HEAD returns
+    assert listed == {uri: s3_storage.etag(uri) for uri in s3_storage.list("s3://ftpipe/models/replaced")}
     first = resolve_source("s3://ftpipe/models/replaced", s3_storage)
     assert resolve_source("s3://ftpipe/models/replaced", s3_storage) == first  # unchanged: the cached copy
 

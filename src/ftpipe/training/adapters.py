@@ -154,18 +154,18 @@ def save(model: Any, model_dir: str | Path, how: str, base_source: str, base_dir
 
     model_dir = Path(model_dir)
     if how == ADAPTER and isinstance(model, PeftModel):
-        trained_config = copy.deepcopy(model.get_base_model().config)
+        trained = model.get_base_model()
+        trained_config = copy.deepcopy(trained.config)
         # The class to rebuild: the base's own config names its bare architecture (BertModel), not the head's.
-        trained_config.architectures = [type(model.get_base_model()).__name__]
+        trained_config.architectures = [type(trained).__name__]
         base_type = AutoConfig.from_pretrained(base_dir).model_type
         if base_type == trained_config.model_type:
             model.save_pretrained(model_dir)
             if hasattr(trained_config, "quantization_config"):  # QLoRA: the merged copy is full precision
                 del trained_config.quantization_config
             trained_config.save_pretrained(model_dir)  # the head's settings (labels), to rebuild it on the base
-            generation = getattr(model.get_base_model(), "generation_config", None)
-            if generation is not None and getattr(model.get_base_model(), "can_generate", lambda: False)():
-                generation.save_pretrained(model_dir)
+            if trained.can_generate():
+                trained.generation_config.save_pretrained(model_dir)
             adapter_config = model_dir / "adapter_config.json"
             settings = json.loads(adapter_config.read_text())
             settings["base_model_name_or_path"] = base_source  # not the finetune pod's local copy
