@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from ftpipe import s3server
 from ftpipe.config import StorageConfig
-from ftpipe.storage import Storage
+from ftpipe.storage import Storage, join
 
 TESTS = Path(__file__).parent
 ASSETS = TESTS / "assets"
@@ -134,3 +136,30 @@ def one_torch_thread(monkeypatch):
         monkeypatch.setattr(module, "available_cpus", lambda: 1)
     yield
     torch.set_num_threads(before)
+
+
+SMS_LABELS = ["ham", "spam"]
+
+
+@pytest.fixture
+def sms_splits(s3_storage, tmp_path) -> SimpleNamespace:
+    """The SMS sample (450 ham, 150 spam) as cleaned train/validation parquet on S3, split 75/25."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    frame = pd.read_csv(ASSETS / "sms-spam-sample.csv")
+    frame = pd.DataFrame(
+        {
+            "text": frame["text"].astype(str),
+            "label": [SMS_LABELS[i] for i in frame["spam"]],
+            "label_id": frame["spam"],
+        }
+    )
+    train, validation = train_test_split(frame, test_size=0.25, stratify=frame["label_id"], random_state=0)
+    root = f"s3://ftpipe/it-{uuid.uuid4().hex[:8]}"
+    uris = {}
+    for name, split in (("train", train), ("validation", validation)):
+        split.to_parquet(tmp_path / f"{name}.parquet")
+        uris[name] = join(root, "clean_data", f"{name}.parquet")
+        s3_storage.upload_file(tmp_path / f"{name}.parquet", uris[name])
+    return SimpleNamespace(root=root, train=uris["train"], validation=uris["validation"], validation_frame=validation)

@@ -157,7 +157,9 @@ class FinetuneConfig(StrictModel):
         description="Maximum epochs; early stopping may end sooner. None: 3, or more to reach 500 optimizer steps "
         "on small sets (at most 50 epochs and 30,000 steps).",
     )
-    batch_size: int = Field(16, ge=1, description="Per-device train batch size.")
+    batch_size: int = Field(
+        16, ge=1, description="Per-device train batch size (with several processes, each takes this many rows)."
+    )
     eval_batch_size: int = Field(64, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float | None = Field(
@@ -254,6 +256,36 @@ class FinetuneConfig(StrictModel):
     )
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads when training on CPU; None: the CPUs this process may use."
+    )
+    # Scale-out in one pod and preemption (ftpipe.training.launch, ftpipe.training.callbacks).
+    processes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Training processes in the fine-tune pod, launched with torchrun (distributed data parallel): "
+        "None: one per CUDA GPU the pod sees, one on a CPU. Above 1 on a CPU node, the processes talk over gloo "
+        "(for tests and CPU nodes), each with its share of the CPUs.",
+    )
+    distributed_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend with several processes; `auto`: nccl on CUDA, else gloo."
+    )
+    fsdp: bool = Field(
+        False,
+        description="Shard the weights, gradients and optimizer state across the GPUs (FSDP full_shard, wrapped "
+        "per transformer layer) instead of copying the whole model to each (DDP): for models that do not fit one "
+        "GPU. Needs CUDA and more than one process.",
+    )
+    checkpoint_every_steps: int | None = Field(
+        1000,
+        ge=1,
+        description="Save (and mirror to S3) a checkpoint every this many optimizer steps, besides each evaluation; "
+        "None: only at evaluations.",
+    )
+    checkpoint_every_minutes: float | None = Field(
+        10.0,
+        gt=0,
+        description="Save a checkpoint when this many minutes passed since the last one, whichever of the two "
+        "comes first: a preempted node loses at most about this much training. None: no time-based checkpoints.",
     )
 
 
@@ -356,6 +388,25 @@ class ClusterConfig(StrictModel):
     )
     retry_backoff_s: int = Field(
         30, ge=1, le=600, description="Wait before a task's first retry; doubled for each next one, up to 10 min."
+    )
+    # Several nodes (ftpipe.training.trainjob): the fine-tune task launches a Kubeflow Trainer v2 TrainJob.
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Nodes the fine-tuning runs on, each with gpu_count GPUs, finetune_cpu and finetune_memory. "
+        "Above 1 the fine-tune task creates a Kubeflow Trainer v2 TrainJob and follows it (Trainer v2 and the "
+        "RBAC of k8s/components/trainer must be installed).",
+    )
+    trainer_runtime: str = Field(
+        "torch-distributed",
+        min_length=1,
+        description="ClusterTrainingRuntime the TrainJob runs on (Kubeflow Trainer's torch-distributed: torchrun "
+        "on every node, rendezvous on node 0).",
+    )
+    namespace: str | None = Field(
+        None,
+        description="Namespace of the TrainJob; None: the fine-tune task's own (its service account's namespace).",
     )
 
 

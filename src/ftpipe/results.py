@@ -117,6 +117,8 @@ class FinetuneResult(StepResult):
     train_examples_per_second: float
     stopped_early: bool
     resumed_from_checkpoint: str | None
+    steps_redone: int | None = None  # steps an interrupted attempt had trained past that checkpoint (a lower bound)
+    processes: int = 1  # training processes (torchrun ranks) over every node
     notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
     recipe: list[str] = []  # each training setting, with where it came from (ftpipe.training.recipe)
     adapter: str = "none"  # training.adapter: none (full fine-tuning), lora or qlora

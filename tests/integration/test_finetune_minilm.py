@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-from types import SimpleNamespace
-
 import numpy as np
-import pandas as pd
-import pytest
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import train_test_split
 
 from ftpipe.config import parse_config
 from ftpipe.steps import finetune, select_model
 from ftpipe.storage import join
 
-ASSETS = Path(__file__).parents[1] / "assets"
-
-LABELS = ["ham", "spam"]
-
-
-@pytest.fixture
-def sms_splits(s3_storage, tmp_path) -> SimpleNamespace:
-    """The SMS sample (450 ham, 150 spam) as cleaned train/validation parquet on S3, split 75/25."""
-    frame = pd.read_csv(ASSETS / "sms-spam-sample.csv")
-    frame = pd.DataFrame(
-        {"text": frame["text"].astype(str), "label": [LABELS[i] for i in frame["spam"]], "label_id": frame["spam"]}
-    )
-    train, validation = train_test_split(frame, test_size=0.25, stratify=frame["label_id"], random_state=0)
-    root = f"s3://ftpipe/it-{uuid.uuid4().hex[:8]}"
-    uris = {}
-    for name, split in (("train", train), ("validation", validation)):
-        split.to_parquet(tmp_path / f"{name}.parquet")
-        uris[name] = join(root, "clean_data", f"{name}.parquet")
-        s3_storage.upload_file(tmp_path / f"{name}.parquet", uris[name])
-    return SimpleNamespace(root=root, train=uris["train"], validation=uris["validation"], validation_frame=validation)
+LABELS = ["ham", "spam"]  # as the sms_splits fixture names them
 
 
 def test_probe_selects_minilm_from_s3_over_a_random_tiny_bert(minilm_path, tiny_bert_dir, s3_storage, sms_splits):

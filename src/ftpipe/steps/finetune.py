@@ -33,10 +33,15 @@ candidate=name)``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import math
+import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftpipe import models, reports, tracking
 from ftpipe.config import CandidateConfig, FinetuneConfig, PipelineConfig
-from ftpipe.errors import ConfigError, ModelError
+from ftpipe.errors import ConfigError, Interrupted, ModelError
 from ftpipe.results import CandidateScore, FinetuneResult
 from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
 from ftpipe.steps.select_model import (
@@ -57,8 +62,8 @@ from ftpipe.steps.select_model import (
 from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import stratified_sample
-from ftpipe.training import adapters, metric_keys
-from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints
+from ftpipe.training import adapters, launch, metric_keys
+from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints, steps_redone
 from ftpipe.training.recipe import Recipe, derive, fit_max_length
 
 if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module stays light
@@ -224,7 +229,9 @@ def _training_arguments(
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     batch_size = batch_size or training.batch_size
-    steps_per_epoch = math.ceil(train_rows / (batch_size * training.gradient_accumulation_steps))
+    steps_per_epoch = math.ceil(
+        train_rows / (batch_size * launch.world_size() * training.gradient_accumulation_steps)
+    )
     return getattr(transformers, task.trainer_classes()[0])(
         output_dir=str(output_dir),
         learning_rate=recipe.learning_rate,
@@ -263,9 +270,39 @@ def _training_arguments(
         # Non-reentrant: works with frozen inputs (LoRA's frozen embeddings) without forcing their gradients.
         gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
         tf32=allow_tf32(torch.cuda.get_device_capability() if cuda else None),
+        # On SIGTERM (a node drain, a spot preemption) save a checkpoint at the next step and stop; the signal can
+        # be caught only on the main thread.
+        enable_jit_checkpoint=threading.current_thread() is threading.main_thread(),
+        **distributed_settings(training, cuda, launch.world_size(), launch.nodes()),
         **precision_flags(cuda, bf16, training.precision),
         **task_arguments,
     )
+
+
+def distributed_settings(training: FinetuneConfig, cuda: bool, world_size: int, nodes: int) -> dict[str, Any]:
+    """The Trainer's settings for ``world_size`` processes on ``nodes`` nodes (none for one process).
+
+    Raises:
+        ConfigError: ``training.fsdp`` without CUDA or without several processes.
+    """
+    if training.fsdp and (not cuda or world_size < 2):
+        raise ConfigError("training.fsdp shards a model across GPUs: it needs CUDA and more than one process")
+    if world_size < 2:
+        return {}
+    settings: dict[str, Any] = {
+        "ddp_backend": launch.backend(training),
+        # Each node keeps its own copy of every checkpoint: at the end, every rank loads the best one from its disk.
+        "save_on_each_node": nodes > 1,
+        # Each rank's loss is the mean over its own rows. The default (True) multiplies it by the number of processes
+        # for a loss that divides by the token count of the whole global batch; the encoders' heads do not, so their
+        # gradients and logged losses came out twice too large on two processes.
+        "average_tokens_across_devices": False,
+    }
+    if training.fsdp:
+        # Wrapped per transformer layer (the model's _no_split_modules); the full state dict is gathered on rank 0
+        # to save, so the saved model is the same plain directory.
+        settings |= {"fsdp": "full_shard auto_wrap", "fsdp_config": {"state_dict_type": "FULL_STATE_DICT"}}
+    return settings
 
 
 def _device_batch_size(training: FinetuneConfig, model: Any, num_parameters: int, max_length: int) -> int:
@@ -339,6 +376,91 @@ def _model_card(
     return "\n".join(front + [""] + body) + "\n"
 
 
+def _launch_elsewhere(
+    config: PipelineConfig,
+    train_uri: str,
+    validation_uri: str,
+    labels: list[str],
+    candidate: str,
+    output_uri: str,
+    storage: Storage,
+    work_dir: str | Path | None,
+    callbacks: Sequence[TrainerCallback],
+    run_id: str | None,
+    trial: Mapping[str, Any] | None,
+) -> FinetuneResult | None:
+    """Train on several nodes (a TrainJob) or several processes (torchrun) when the config asks for it, and return
+    rank 0's result; None when training runs here, in this process."""
+    nodes, processes = config.cluster.nodes, launch.processes_wanted(config.training)
+    if nodes == 1 and processes == 1:
+        return None
+    if callbacks:  # Python objects cannot travel to the ranks; a sweep spreads its trials over pods instead
+        logger.warning("finetune with extra callbacks (a sweep trial) trains in one process, not %d", processes)
+        return None
+    spec = launch.FinetuneSpec(
+        config_json=config.model_dump_json(),
+        train_uri=train_uri,
+        validation_uri=validation_uri,
+        labels=labels,
+        candidate=candidate,
+        output_uri=output_uri,
+        result_uri="",  # the launcher's to choose
+        run_id=run_id,
+        trial=dict(trial) if trial is not None else None,
+        work_dir=str(work_dir) if work_dir is not None else None,
+    )
+    if nodes > 1:
+        return launch.run_on_nodes(spec, nodes, storage, launch.job_name_for(output_uri))
+    return launch.run_on_processes(spec, processes, storage)
+
+
+@contextlib.contextmanager
+def _scratch_directory(work_dir: str | Path | None, output_uri: str):
+    """The local directory for checkpoints and the model before upload, removed at the end.
+
+    One process: a temporary directory of its own. Several: one directory every rank on a node agrees on, made
+    and removed by the node's first rank (the others write their RNG states into its checkpoints).
+    """
+    if not launch.in_worker():
+        with tempfile.TemporaryDirectory(prefix="ftpipe-finetune-", dir=work_dir) as scratch:
+            yield scratch
+        return
+    digest = hashlib.sha256(output_uri.encode()).hexdigest()[:12]
+    scratch = Path(work_dir or tempfile.gettempdir()) / f"ftpipe-finetune-{digest}"
+    with launch.node_leader_first() as leader:
+        if leader:
+            scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(scratch)
+    finally:
+        launch.barrier()
+        if launch.local_rank() == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigterm_seen(restore: Any):
+    """An event set when SIGTERM arrives while the block runs; the handler found (the Trainer's JIT checkpoint) is
+    still called. After it saved and stopped, training must end as interrupted, not as finished. ``restore`` is the
+    handler to leave in place afterwards (the one before the Trainer put its own)."""
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def note(signum, frame):
+        seen.set()
+        if callable(handler):
+            handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, note)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, restore)
+
+
 def run(
     config: PipelineConfig,
     train_uri: str,
@@ -387,7 +509,7 @@ def run(
     )
     from transformers.utils import logging as transformers_logging
 
-    from ftpipe.training.callbacks import CheckpointMirror, ProgressLog
+    from ftpipe.training.callbacks import CheckpointMirror, PeriodicCheckpoint, ProgressLog, ProgressRecord
 
     # Progress bars become carriage-return noise in pod logs; ProgressLog reports progress instead.
     datasets.disable_progress_bars()
@@ -398,13 +520,21 @@ def run(
     task = get_task(config)
     labels = list(labels)
     chosen = find_candidate(config, candidate if isinstance(candidate, str) else candidate.name)
+    if not launch.in_worker():
+        launched = _launch_elsewhere(
+            config, train_uri, validation_uri, labels, chosen.name, output_uri, storage, work_dir, callbacks, run_id,
+            trial,
+        )
+        if launched is not None:
+            return launched
 
     train = read_checked_split(storage, train_uri, "train", task, labels)
     validation = read_checked_split(storage, validation_uri, "validation", task, labels)
     for rows in _train_rows_wanted(training, len(train)):
         train = stratified_sample(train, rows, training.seed, task.strata(train))
 
-    resolved = models.resolve_source(chosen.source, storage)
+    with launch.node_leader_first():  # one download into the model cache per node, which the other ranks then read
+        resolved = models.resolve_source(chosen.source, storage)
     tokenizer = models.load_tokenizer(resolved, trust_remote_code=chosen.trust_remote_code)
     ensure_pad_token(tokenizer)
     task.prepare_tokenizer(tokenizer)
@@ -415,7 +545,7 @@ def run(
     num_parameters = models.count_parameters(model)
     cuda = torch.cuda.is_available()
     if not cuda:
-        torch.set_num_threads(training.cpu_threads or available_cpus())
+        torch.set_num_threads(training.cpu_threads or max(1, available_cpus() // launch.local_world_size()))
     max_length = fit_max_length(
         training, _token_lengths(task, tokenizer, train, training.seed), _window(model, tokenizer)
     )
@@ -423,7 +553,7 @@ def run(
     recipe = derive(
         training,
         train_rows=len(train),
-        batch_size=batch_size,
+        batch_size=batch_size * launch.world_size(),  # the rows of one optimizer step, over every process
         num_parameters=num_parameters,
         max_length=max_length,
     )
@@ -460,16 +590,30 @@ def run(
     )
 
     mirror_uri = join(output_uri, "checkpoints")
-    with tempfile.TemporaryDirectory(prefix="ftpipe-finetune-", dir=work_dir) as scratch:
+    main_process = launch.rank() == 0
+    with _scratch_directory(work_dir, output_uri) as scratch:
         checkpoint_dir = Path(scratch) / "checkpoints"
-        checkpoint_dir.mkdir()
-        restored = restore_checkpoints(storage, mirror_uri, checkpoint_dir)
+        restored = None
+        with launch.node_leader_first() as leader:
+            if leader:
+                checkpoint_dir.mkdir(exist_ok=True)
+                restored = restore_checkpoints(storage, mirror_uri, checkpoint_dir)
+        restored = launch.from_rank_zero(restored if launch.rank() == 0 else None)
+        redone = steps_redone(storage, mirror_uri, restored) if main_process else None
+        if restored or redone:
+            logger.info(
+                "resumed from %s: %s step(s) of the interrupted attempt redone",
+                restored.uri if restored else "the start (no checkpoint was complete)",
+                "an unknown number of" if redone is None else redone,
+            )
         start_epoch = restored.epoch if restored else 0.0
         # When early stopping had already ended training, stop where it did (the Trainer would train on).
         max_steps = restored.global_step if restored and restored.stop_decided else -1
 
         task_arguments, trainer_arguments = task.trainer_settings()
         trainer_class = getattr(transformers, task.trainer_classes()[1])
+        sigterm_handler = signal.getsignal(signal.SIGTERM)  # the Trainer puts its own: this one comes back after
+        mirror = CheckpointMirror(storage, mirror_uri)
         trainer = trainer_class(
             model=model,
             args=_training_arguments(
@@ -482,7 +626,9 @@ def run(
             processing_class=tokenizer,
             compute_metrics=task.compute_metrics(model.config),
             callbacks=[
-                CheckpointMirror(storage, mirror_uri),
+                PeriodicCheckpoint(training.checkpoint_every_steps, training.checkpoint_every_minutes),
+                mirror,
+                ProgressRecord(storage, mirror_uri),
                 EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience),
                 ProgressLog(),
                 *tracked.callbacks(),
@@ -494,12 +640,20 @@ def run(
 
         started = time.perf_counter()
         try:
-            trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
+            with _sigterm_seen(sigterm_handler) as preempted:
+                trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
         except BaseException:
             tracked.fail()
             raise
         train_seconds = time.perf_counter() - started
         state = trainer.state
+        if preempted.is_set():
+            mirror.on_save(trainer.args, state, trainer.control)  # the Trainer saved it bypassing its on_save
+            tracked.fail()
+            raise Interrupted(
+                f"stopped by SIGTERM (a node drain or preemption) at step {state.global_step} of {state.max_steps}, "
+                f"its checkpoint saved under {mirror_uri}: a retry resumes from it"
+            )
 
         metric_name = config.best_model_metric
         best_value = state.best_metric
@@ -512,15 +666,17 @@ def run(
 
         notes = task.finalize(trainer, validation_dataset)  # the best weights are loaded: fit what validation picks
         model_dir = Path(scratch) / "model"
-        # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
-        saved_as = adapters.save(trainer.model, model_dir, training.adapter_save, chosen.source, resolved)
-        tokenizer.save_pretrained(model_dir)
-        license_id = candidate_license(chosen, resolved)
-        (model_dir / "README.md").write_text(
-            _model_card(task, chosen, license_id, labels, metric_name, best_value), encoding="utf-8"
-        )
         model_uri = join(output_uri, "model")
-        storage.upload_dir(model_dir, model_uri)
+        saved_as = adapters.ADAPTER if training.adapter_save == adapters.ADAPTER else adapters.MERGED
+        if main_process:
+            # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
+            saved_as = adapters.save(trainer.model, model_dir, training.adapter_save, chosen.source, resolved)
+            tokenizer.save_pretrained(model_dir)
+            license_id = candidate_license(chosen, resolved)
+            (model_dir / "README.md").write_text(
+                _model_card(task, chosen, license_id, labels, metric_name, best_value), encoding="utf-8"
+            )
+            storage.upload_dir(model_dir, model_uri)
 
         result_fields = dict(
             model_uri=model_uri,
@@ -536,29 +692,34 @@ def run(
             train_examples_per_second=round(examples / train_seconds, 3) if train_seconds > 0 else 0.0,
             stopped_early=state.global_step < state.max_steps or bool(restored and restored.stop_decided),
             resumed_from_checkpoint=restored.uri if restored else None,
+            steps_redone=redone,
+            processes=launch.world_size(),
             notes=notes,
             recipe=recipe.lines(),
             adapter=training.adapter,
             trainable_parameters=trainable,
             saved_as=saved_as,
-            adapter_bytes=adapters.adapter_bytes(model_dir) if saved_as == adapters.ADAPTER else None,
+            adapter_bytes=adapters.adapter_bytes(model_dir) if main_process and saved_as == adapters.ADAPTER else None,
         )
         log_history = list(state.log_history)
         best_step = state.best_global_step
+        launch.barrier()  # rank 0 saved the model before the others leave (and the shared directory goes)
 
     uris = {
         "log": join(output_uri, "train_log.json"),
         "md": join(output_uri, "report.md"),
         "html": join(output_uri, "report.html"),
     }
+    result = FinetuneResult(
+        **result_fields, log_uri=uris["log"], report_html_uri=uris["html"], report_markdown_uri=uris["md"]
+    )
+    if not main_process:
+        return result  # its share of the training is done; rank 0 writes what there is to write
     storage.write_json(uris["log"], log_history)
     document = _document(result_fields, log_history, best_step)
     storage.write_text(uris["md"], document.markdown(), content_type="text/markdown")
     storage.write_text(uris["html"], document.html(), content_type="text/html")
     delete_prefix(storage, mirror_uri)  # everything is written: the preemption checkpoints are no longer needed
-    result = FinetuneResult(
-        **result_fields, log_uri=uris["log"], report_html_uri=uris["html"], report_markdown_uri=uris["md"]
-    )
     tracked.finish(result)
     logger.info("fine-tuned model at %s (best %s %.4f)", model_uri, metric_name, best_value)
     return result
@@ -578,6 +739,8 @@ def _summary_rows(fields: dict[str, Any]) -> list[list[object]]:
         ["optimizer steps", fields["global_steps"]],
         ["stopped early", "yes" if fields["stopped_early"] else "no"],
         ["resumed from", fields["resumed_from_checkpoint"] or "-"],
+        ["steps redone after an interruption", "-" if fields["steps_redone"] is None else fields["steps_redone"]],
+        ["training processes", fields["processes"]],
         ["train seconds (this run)", f"{fields['train_seconds']:.1f}"],
         ["train examples/s", f"{fields['train_examples_per_second']:.1f}"],
     ]

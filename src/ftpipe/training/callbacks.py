@@ -1,5 +1,5 @@
-"""Trainer callbacks of the fine-tune step: the checkpoint mirror, concise progress lines, and the early stop of
-a hopeless sweep trial."""
+"""Trainer callbacks of the fine-tune step: the checkpoint mirror, periodic checkpoints, a record of how far
+training got, concise progress lines, and the early stop of a hopeless sweep trial."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ftpipe.errors import PreconditionFailed
+from ftpipe.errors import PreconditionFailed, StorageError
 from ftpipe.storage import Storage, join
-from ftpipe.training import metric_keys
-from ftpipe.training.checkpoints import MIRROR_MARKER, delete_prefix, mirrored_checkpoints
+from ftpipe.training import launch, metric_keys
+from ftpipe.training.checkpoints import MIRROR_MARKER, PROGRESS_RECORD, delete_prefix, mirrored_checkpoints
 
 logger = logging.getLogger("ftpipe.steps.finetune")  # the step's log, where users look for progress
 
@@ -25,13 +25,16 @@ class CheckpointMirror(TrainerCallback):
         self.prefix_uri = prefix_uri
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
         local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not local.is_dir():
+        target = join(self.prefix_uri, local.name)
+        if not launch.on_first_node():  # its RNG state is on this node's disk only
+            rng_state = local / f"rng_state_{launch.rank()}.pth"
+            if rng_state.is_file():
+                self.storage.upload_file(rng_state, join(target, rng_state.name))
+        launch.barrier()  # every process has written its part of the checkpoint (its RNG state) before the upload
+        if not state.is_world_process_zero or not local.is_dir():
             return
         started = time.perf_counter()
-        target = join(self.prefix_uri, local.name)
         self.storage.upload_dir(local, target)
         marker = {"global_step": state.global_step, "epoch": state.epoch}
         self.storage.write_json(join(target, MIRROR_MARKER), marker)
@@ -41,14 +44,71 @@ class CheckpointMirror(TrainerCallback):
                 delete_prefix(self.storage, uri, first=MIRROR_MARKER)
         logger.info("mirrored %s to %s (%.1f s)", local.name, target, time.perf_counter() - started)
 
+class PeriodicCheckpoint(TrainerCallback):
+    """Save a checkpoint every ``every_steps`` optimizer steps or ``every_minutes`` minutes, whichever comes first.
+
+    The evaluations' own saves count: the clock and the step count restart at each save. With several processes
+    the decision is shared (any one due saves all), since a save is collective.
+    """
+
+    def __init__(self, every_steps: int | None, every_minutes: float | None) -> None:
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60 if every_minutes else None
+        self._saved_at = time.monotonic()
+        self._saved_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._saved_at, self._saved_step = time.monotonic(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            return
+        due = bool(self.every_steps and state.global_step - self._saved_step >= self.every_steps) or bool(
+            self.every_seconds and time.monotonic() - self._saved_at >= self.every_seconds
+        )
+        if launch.any_process(due):
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._saved_at, self._saved_step = time.monotonic(), state.global_step
+
+
+class ProgressRecord(TrainerCallback):
+    """Leave the newest optimizer step reached in S3 now and then, so that a resumed run can say how many steps it
+    redoes (those between its checkpoint and where the lost pod got to).
+
+    At most one small write per ``every_seconds``, on the main process; a failed write is only logged, since the
+    record is for the report and training should not stop for it.
+    """
+
+    def __init__(self, storage: Storage, prefix_uri: str, every_seconds: float = 5.0) -> None:
+        self.storage = storage
+        self.uri = join(prefix_uri, PROGRESS_RECORD)
+        self.every_seconds = every_seconds
+        self._written_at = float("-inf")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if not state.is_world_process_zero or now - self._written_at < self.every_seconds:
+            return
+        self._written_at = now
+        try:
+            self.storage.write_json(self.uri, {"global_step": state.global_step, "epoch": state.epoch})
+        except StorageError as error:
+            logger.warning("could not record progress at step %d: %s", state.global_step, error)
+
+
 class ProgressLog(TrainerCallback):
-    """Concise progress lines in the step's log (the Trainer's own progress bar is turned off)."""
+    """Concise progress lines in the step's log (the Trainer's own progress bar is turned off), from the main
+    process only: every rank's lines would be the same."""
 
     def __init__(self) -> None:
         self._started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
+        if not state.is_world_process_zero:
+            return
         resumed = f", resuming at step {state.global_step}" if state.global_step else ""
         logger.info(
             "training %d steps over %g epoch(s), batch %d x %d accumulation%s",
@@ -60,6 +120,8 @@ class ProgressLog(TrainerCallback):
         )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         logs = logs or {}
         elapsed = time.perf_counter() - self._started
         if "loss" in logs:
@@ -77,6 +139,8 @@ class ProgressLog(TrainerCallback):
             logger.info("epoch %.2f validation: %s", state.epoch or 0.0, scores)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         logger.info(
             "training ended at step %d/%d, epoch %.2f, best %s %s",
             state.global_step,
@@ -107,17 +171,21 @@ class HopelessTrialStop(TrainerCallback):
         from ftpipe import sweep
 
         value = (metrics or {}).get(f"eval_{self.metric}")
-        if self.evaluated or value is None or self.ratio is None or not state.is_world_process_zero:
+        if self.evaluated or value is None or self.ratio is None:
             return
         self.evaluated = True
-        uri = sweep.first_evaluation_uri(self.sweep_uri, self.rung, self.trial)
-        try:
-            self.storage.write_json(uri, {"trial": self.trial, "value": float(value)}, if_none_match=True)
-        except PreconditionFailed:  # a retried trial: its first attempt's metric stands
-            pass
-        rung = sweep.first_evaluations(self.storage, self.sweep_uri, self.rung)
-        others = [metric for trial, metric in rung.items() if trial != self.trial]
-        if sweep.should_stop_early(float(value), others, self.direction, self.ratio):
+        others: list[float] = []
+        hopeless = False
+        if state.is_world_process_zero:
+            uri = sweep.first_evaluation_uri(self.sweep_uri, self.rung, self.trial)
+            try:
+                self.storage.write_json(uri, {"trial": self.trial, "value": float(value)}, if_none_match=True)
+            except PreconditionFailed:  # a retried trial: its first attempt's metric stands
+                pass
+            rung = sweep.first_evaluations(self.storage, self.sweep_uri, self.rung)
+            others = [metric for trial, metric in rung.items() if trial != self.trial]
+            hopeless = sweep.should_stop_early(float(value), others, self.direction, self.ratio)
+        if launch.any_process(hopeless):  # every process stops, or none does
             control.should_training_stop = True
             self.stopped = True
             logger.info(

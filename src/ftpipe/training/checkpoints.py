@@ -19,6 +19,7 @@ from ftpipe.storage import Storage, is_s3, join, local_path
 logger = logging.getLogger(__name__)
 
 MIRROR_MARKER = "ftpipe-checkpoint-complete.json"
+PROGRESS_RECORD = "progress.json"  # the newest step a run reached (callbacks.ProgressRecord), beside the checkpoints
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
@@ -83,4 +84,16 @@ def restore_checkpoints(storage: Storage, prefix_uri: str, directory: Path) -> R
     logger.info("resuming from %s (step %d)", mirrored[newest_step], newest_step)
     return Restored(newest, mirrored[newest_step], newest_step, float(state.get("epoch") or 0.0), stop_decided)
 
+
+def steps_redone(storage: Storage, prefix_uri: str, restored: Restored | None) -> int | None:
+    """How many optimizer steps an earlier attempt had trained past the checkpoint this run starts from.
+
+    From the progress the attempt recorded (every few seconds, so a lower bound by at most that much); None when
+    no earlier attempt left a record.
+    """
+    uri = join(prefix_uri, PROGRESS_RECORD)
+    if not storage.exists(uri):
+        return None
+    reached = int(storage.read_json(uri).get("global_step") or 0)
+    return max(0, reached - (restored.global_step if restored else 0))
 
