@@ -92,9 +92,15 @@ scan: k8s-render $(SCAN_VENV)/.installed-stamp
 # Fine-tuning vs a naive loop, clean_data vs a naive pandas script on 1,000,000 texts, and the local DAG's
 # overhead; each prints one line of key=value figures and writes out/bench/<name>.json (about 5 minutes on
 # 2 cores). bench-smoke runs each on small data in about a minute: it checks that they run, not how fast.
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke bench-gpu
 bench: install
 	$(PY) -m bench
 
 bench-smoke: install
 	$(PY) -m bench --smoke --out out/bench-smoke
+
+# On a CUDA machine: one GPU's fine-tune throughput and MFU against its published dense bf16 peak (a BERT-base
+# classifier; SmolLM2-135M SFT, full and LoRA, packed) and the scaling efficiency across the GPUs present; sized for
+# under 5 minutes on an H100, not yet run on one (bench/gpu.py; also out/bench/gpu.json). Without one it says so.
+bench-gpu: install
+	$(PY) -m bench.gpu --json out/bench/gpu.json

@@ -44,32 +44,7 @@ from bench.common import (
     quiet_libraries,
     release_memory,
 )
-
-# Published dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by a substring of the CUDA device name.
-PUBLISHED_BF16_TFLOPS = (
-    ("H200", 989.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # SXM and NVL
-    ("GH200", 989.0),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-    ("A10G", 70.0),
-    ("A10", 125.0),
-    ("RTX 4090", 165.0),
-    ("RTX 3090", 71.0),
-)
-
-
-def published_bf16_tflops(device_name: str) -> float | None:
-    """The published dense bf16 peak of a CUDA device, by name (None when unknown or without bf16)."""
-    for fragment, tflops in PUBLISHED_BF16_TFLOPS:
-        if fragment.lower() in device_name.lower():
-            return tflops
-    return None
+from bench.gpu import published_bf16_tflops  # the one table of published GPU peaks, with its sources
 
 
 def non_embedding_parameters(model) -> int:

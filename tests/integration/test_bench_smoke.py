@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,49 @@ def test_every_benchmark_runs_and_reports(tmp_path, minilm_path):
 def test_unknown_benchmark_is_refused(argv):
     completed = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 2 and "unknown benchmark" in completed.stderr
+
+
+def test_bench_gpu_without_cuda_says_so_and_exits_cleanly():
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.gpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, even on a machine that has one
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.startswith("no CUDA GPU: bench-gpu measures nothing here")
+    assert len(completed.stdout.strip().splitlines()) == 1
+
+
+def test_bench_gpu_runs_every_phase_on_tiny_shapes(tmp_path):
+    """The whole code path on the CPU: the three single-device phases and the DDP scaling run (2 gloo processes)."""
+    report_path = tmp_path / "gpu.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--device", "cpu", "--tiny", "--procs", "2", "--json", str(report_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    phases = ("bert", "sft-full", "sft-lora")
+    for name in phases:
+        pattern = rf"^# phase {name}: ([\d.]+) samples/s, (\d+) tokens/s, .*peak unknown"
+        printed = re.search(pattern, completed.stdout, re.M)
+        assert printed and float(printed[1]) > 0 and int(printed[2]) > 0, name
+    scaling = r"^# scaling: BERT-base DDP over 2 CPU processes, [\d.]+ samples/s; efficiency"
+    assert re.search(scaling, completed.stdout, re.M)
+    summary = next(line for line in completed.stdout.splitlines() if line.startswith("bench=gpu "))
+    figures = dict(pair.split("=", 1) for pair in summary.split()[1:])
+    for name in phases:
+        key = name.replace("-", "_")
+        assert float(figures[f"{key}_tokens_per_s"]) > 0 and figures[f"{key}_mfu"] == "peak_unknown"
+    report = json.loads(report_path.read_text())
+    assert list(report["phases"]) == list(phases) and report["peak_bf16_tflops"] is None
+    assert report["phases"]["sft-full"]["packed"] and report["phases"]["sft-lora"]["packed"]
+    lora, full = report["phases"]["sft-lora"], report["phases"]["sft-full"]
+    assert 0 < lora["trainable"] < full["trainable"] == full["parameters"]
+    assert report["scaling"]["processes"] == 2 and report["scaling"]["efficiency"] > 0
