@@ -18,7 +18,7 @@ import pytest
 from kubernetes_fake_server import FakeKubernetes, condition, pod, terminated
 
 from ftpipe.config import parse_config
-from ftpipe.errors import ClusterError, ClusterUnavailable
+from ftpipe.errors import ClusterError, ClusterUnavailable, ConfigError
 from ftpipe.training import trainjob
 from ftpipe.training.trainjob import train_on_nodes, trainjob_manifest
 
@@ -115,6 +115,12 @@ def test_trainer_env_is_what_every_pipeline_task_gets():
     for config in (make_config(), make_config(storage={})):
         env = {e["name"]: e["value"] for e in trainjob.trainer_environment(config) if "value" in e}
         assert env == task_environment(config)
+
+
+@pytest.mark.parametrize("cluster", [{"nodes": 0}, {"nodes": 65}, {"trainer_runtime": ""}, {"nodes": "two"}])
+def test_cluster_settings_of_several_nodes_are_checked(cluster):
+    with pytest.raises(ConfigError, match=f"cluster.{next(iter(cluster))}"):
+        make_config(**cluster)
 
 
 def test_an_invalid_name_is_refused():
@@ -321,12 +327,15 @@ def test_a_running_trainjob_of_an_earlier_attempt_with_the_same_trainer_is_follo
 
 @pytest.mark.parametrize(
     ("config", "conditions"),
-    [(make_config(), FAILED), (make_config(), COMPLETE), (make_config(gpu_count=8), [])],
-    ids=["failed", "complete", "another-trainer"],
+    [(make_config(), FAILED), (make_config(), COMPLETE), (make_config(gpu_count=8), []), (make_config(), None)],
+    ids=["failed", "complete", "another-trainer", "being-deleted"],
 )
 def test_a_finished_or_different_trainjob_of_an_earlier_attempt_is_replaced(config, conditions):
     kube = FakeKubernetes(lifecycle=[COMPLETE], linger_gets=2)
     old = trainjob_manifest(config, SPEC, JOB, NS)
+    if conditions is None:
+        old["metadata"]["deletionTimestamp"] = "2026-12-04T01:00:00Z"
+        conditions = []
     kube.trainjobs[(NS, JOB)] = {**old, "status": {"conditions": conditions}}
     with kube:
         launch(kube)

@@ -396,8 +396,8 @@ class _TrainJobApi:
     def create_or_adopt(self, manifest: dict[str, Any], poll_seconds: float) -> None:
         """Create the TrainJob, or follow one an earlier attempt left that runs the same trainer and is not done.
 
-        Any other TrainJob of the name (another trainer, or finished: the retry cleared the result it wrote) is
-        deleted and created anew.
+        Any other TrainJob of the name (another trainer, being deleted, or finished: the retry cleared the result
+        it wrote) is deleted and created anew once it is gone.
         """
         from kubernetes.client.exceptions import ApiException
 
@@ -415,7 +415,8 @@ class _TrainJobApi:
         )
         self.exists = True
         finished = _condition(existing, "Failed") or _condition(existing, "Complete")
-        if same_work and not finished:
+        going = (existing.get("metadata") or {}).get("deletionTimestamp")  # an earlier attempt deleted it
+        if same_work and not finished and not going:
             logger.info("following TrainJob %s/%s, left by an earlier attempt of this task", self.namespace, self.name)
             return
         logger.info("replacing TrainJob %s/%s, left by an earlier attempt of this task", self.namespace, self.name)
