@@ -63,7 +63,7 @@ from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import stratified_sample
 from ftpipe.training import adapters, launch, metric_keys
-from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints, steps_redone
+from ftpipe.training.checkpoints import clear_stop, delete_prefix, restore_checkpoints, steps_redone
 from ftpipe.training.recipe import Recipe, derive, fit_max_length
 
 if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module stays light
@@ -648,6 +648,8 @@ def run(
         train_seconds = time.perf_counter() - started
         state = trainer.state
         if preempted.is_set():
+            if launch.local_rank() == 0:
+                clear_stop(checkpoint_dir / f"checkpoint-{state.global_step}")
             mirror.on_save(trainer.args, state, trainer.control)  # the Trainer saved it bypassing its on_save
             tracked.fail()
             raise Interrupted(
