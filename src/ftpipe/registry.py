@@ -12,7 +12,10 @@ fresh staging prefix (``blobs/<uuid>/``) that no reader looks at, then commits b
 with a create-only conditional write (S3 ``IfNoneMatch='*'``). Two runs that pick the same number race
 on that one write; the loser gets ``PreconditionFailed`` and takes the next number, reusing its already
 uploaded files, so concurrent registrations always end as distinct, complete versions. Readers only see
-versions whose manifest exists; a crash before the commit leaves an orphaned blob and no version.
+versions whose manifest exists; a crash before the commit leaves an orphaned blob and no version. Given a
+``key`` (register_model passes the run id, which a retried task keeps), ``register`` first looks for a version
+committed with that key and the same model files and returns it: a task that died after its commit, before it
+answered or moved an alias, gets its version back on the retry instead of a duplicate.
 
 Manifests store paths relative to ``<name>/`` plus the size and SHA-256 of every file, so a registry
 prefix can be copied elsewhere whole, and :meth:`ModelRegistry.download` refuses a tampered version.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 import time
@@ -46,6 +50,8 @@ MODEL_CARD_FILE = "README.md"
 METADATA_FILE = "metadata.json"
 COMMIT_ATTEMPTS = 64  # distinct version numbers tried before giving up; only reached under extreme contention
 ALIAS_ATTEMPTS = 20  # compare-and-swap retries of one alias move
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _MANIFEST = re.compile(r"^(\d{6,})\.json$")
@@ -298,12 +304,24 @@ class ModelRegistry:
     # -- registering ------------------------------------------------------------------------
 
     def register(
-        self, name: str, model_dir: str | Path, metadata: dict[str, Any], model_card: str
+        self,
+        name: str,
+        model_dir: str | Path,
+        metadata: dict[str, Any],
+        model_card: str,
+        *,
+        key: str | None = None,
     ) -> RegisteredVersion:
         """Store ``model_dir`` (a local directory or an ``s3://`` prefix) as the next version of ``name``.
 
         The model card becomes the version's ``README.md`` and ``metadata`` its ``metadata.json`` (both
         replace files of those names in ``model_dir``). The version is visible only once complete.
+
+        Args:
+            key: makes the registration idempotent (register_model passes the pipeline run id): when a version
+                committed with this key holds the same model files, that version is returned and nothing is
+                written. A retried task whose first attempt committed, then died before it answered (or before
+                it moved an alias), so gets its own version back instead of a duplicate.
 
         Raises:
             RegistryError: invalid name, empty model directory, or no free version number found.
@@ -312,18 +330,52 @@ class ModelRegistry:
         source = str(model_dir)
         if is_s3(source):
             with self.storage.local_copy(source, directory=True) as path:
-                return self._register_directory(name, path, source, metadata, model_card)
+                return self._register_directory(name, path, source, metadata, model_card, key)
         path = local_path(source)
         if not path.is_dir():
             raise RegistryError(f"model directory not found: {source}")
-        return self._register_directory(name, path, source, metadata, model_card)
+        return self._register_directory(name, path, source, metadata, model_card, key)
+
+    def _committed_with_key(self, name: str, key: str, model_files: list[dict[str, Any]]) -> RegisteredVersion | None:
+        """The newest version committed with ``key`` whose model files (card and metadata aside) are these."""
+        wanted = sorted((entry["path"], entry["size"], entry["sha256"]) for entry in model_files)
+        for number in reversed(self._version_numbers(name)):
+            try:
+                manifest = self._read_manifest(name, number)
+            except RegistryError:  # a broken manifest is no usable version, ours or not
+                continue
+            if manifest.get("key") != key:
+                continue
+            found = sorted(
+                (entry["path"], entry["size"], entry["sha256"])
+                for entry in manifest["files"]
+                if entry["path"] not in {MODEL_CARD_FILE, METADATA_FILE}
+            )
+            if found == wanted:
+                return self._version_from_manifest(name, manifest)
+        return None
 
     def _register_directory(
-        self, name: str, directory: Path, source: str, metadata: dict[str, Any], model_card: str
+        self,
+        name: str,
+        directory: Path,
+        source: str,
+        metadata: dict[str, Any],
+        model_card: str,
+        key: str | None = None,
     ) -> RegisteredVersion:
         files = _model_files(directory)
         if not files:
             raise RegistryError(f"no model files in {source}")
+        model_entries = [
+            {"path": relative, "size": path.stat().st_size, "sha256": _file_sha256(path)}
+            for relative, path in ((relative, directory / relative) for relative in files)
+        ]
+        if key is not None:
+            existing = self._committed_with_key(name, key, model_entries)
+            if existing is not None:
+                logger.info("version %d of %s is already committed with key %s", existing.version, name, key)
+                return existing
         metadata_bytes = json.dumps(metadata, indent=2, sort_keys=True, default=str).encode("utf-8")
         card_bytes = model_card.encode("utf-8")
         blob = f"blobs/{uuid.uuid4().hex}"
@@ -331,11 +383,10 @@ class ModelRegistry:
         entries: list[dict[str, Any]] = []
         written: list[str] = []
         try:
-            for relative in files:
-                path = directory / relative
-                entries.append({"path": relative, "size": path.stat().st_size, "sha256": _file_sha256(path)})
-                uri = join(blob_uri, relative)
-                self.storage.upload_file(path, uri)
+            for entry in model_entries:
+                entries.append(entry)
+                uri = join(blob_uri, entry["path"])
+                self.storage.upload_file(directory / entry["path"], uri)
                 written.append(uri)
             for relative, data, content_type in (
                 (METADATA_FILE, metadata_bytes, "application/json"),
@@ -349,10 +400,10 @@ class ModelRegistry:
             self._discard(written)  # nothing refers to the blob yet
             raise
         # From here on the blob stays even on failure: a commit whose answer was lost may have succeeded.
-        return self._commit(name, blob, entries, metadata)
+        return self._commit(name, blob, entries, metadata, key)
 
     def _commit(
-        self, name: str, blob: str, entries: list[dict[str, Any]], metadata: dict[str, Any]
+        self, name: str, blob: str, entries: list[dict[str, Any]], metadata: dict[str, Any], key: str | None = None
     ) -> RegisteredVersion:
         numbers = self._version_numbers(name)
         number = numbers[-1] + 1 if numbers else 1
@@ -366,6 +417,8 @@ class ModelRegistry:
                 "files": entries,
                 "metadata": metadata,
             }
+            if key is not None:
+                manifest["key"] = key
             data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8")
             uri = self._manifest_uri(name, number)
             try:

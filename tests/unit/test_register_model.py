@@ -127,12 +127,20 @@ def test_each_run_adds_a_version_and_moves_the_alias_forward(tmp_path, tiny_bert
     assert registry.list_aliases("spam-filter") == {"candidate": 2}
 
 
+def test_a_retry_after_the_commit_registers_nothing_twice(tmp_path, tiny_bert_dir, trained):
+    config = make_config(tmp_path, tiny_bert_dir)
+    first = register_model.run(config, trained, make_evaluation(trained), LINEAGE, "run-1")
+    retried = register_model.run(config, trained, make_evaluation(trained), LINEAGE, "run-1")
+    assert retried.version == first.version == 1 and retried.model_uri == first.model_uri
+    assert [v.version for v in ModelRegistry(Storage(), config.registry.uri).list_versions("spam-filter")] == [1]
+
+
 def test_the_alias_never_moves_back_to_an_older_version(tmp_path, tiny_bert_dir, trained):
     config = make_config(tmp_path, tiny_bert_dir)
 
     class RacingRegistry(ModelRegistry):
-        def register(self, name, *args):
-            mine = super().register(name, *args)
+        def register(self, name, *args, **kwargs):
+            mine = super().register(name, *args, **kwargs)
             newer = super().register(name, *args)  # a concurrent run commits and promotes a newer version
             self.set_alias(name, "staging", newer.version)
             return mine

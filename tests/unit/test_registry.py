@@ -237,10 +237,26 @@ def test_a_commit_whose_answer_was_lost_is_not_registered_twice(tmp_path):
     assert [v.version for v in registry.list_versions("spam")] == [1]
 
 
+def test_a_keyed_registration_retried_after_its_commit_returns_its_version(registry, tmp_path):
+    first = registry.register("spam", _model_dir(tmp_path, "a"), {"try": 1}, "card", key="run-1")
+    other = registry.register("spam", _model_dir(tmp_path, "b"), {}, "card", key="run-2")
+    # the retry of run-1 (its card and metadata are written anew, with another time in them): the same version
+    again = registry.register("spam", tmp_path / "model-a", {"try": 2}, "card, again", key="run-1")
+    assert again == first and other.version == 2
+    assert [v.version for v in registry.list_versions("spam")] == [1, 2]
+    assert registry.get_version("spam", 1).metadata == {"try": 1}
+    # other model files under the same key, or no key at all: a new version
+    (tmp_path / "model-a" / "model.safetensors").write_bytes(b"retrained")
+    assert registry.register("spam", tmp_path / "model-a", {}, "card", key="run-1").version == 3
+    assert registry.register("spam", _model_dir(tmp_path, "c"), {}, "card").version == 4
+    assert registry.register("spam", tmp_path / "model-c", {}, "card").version == 5
+
+
 def test_a_broken_manifest_is_a_clear_error(registry, tmp_path):
     registry.register("spam", _model_dir(tmp_path, "a"), {}, "card")
     registry.storage.write_bytes(registry.uri + "/spam/versions/000002.json", b"{not json")
     with pytest.raises(RegistryError, match=r"version manifest .*000002.json is not valid JSON"):
         registry.get_version("spam", 2)
-    # the next registration skips the taken number
+    # the next registration skips the taken number (and a keyed one is not stopped by the broken manifest)
     assert registry.register("spam", _model_dir(tmp_path, "b"), {}, "card").version == 3
+    assert registry.register("spam", tmp_path / "model-b", {}, "card", key="run-9").version == 4

@@ -8,7 +8,9 @@ source and licence, ``cleaning``, ``hyperparameters``, the full ``config``, ``ru
 ``registered_at`` in UTC) and the model card (``README.md``), committed atomically by
 :class:`ftpipe.registry.ModelRegistry`.
 Then ``config.registry.alias_on_register`` (if set) moves to the new version, forward only: when a
-concurrent run already moved it to a newer version, it stays there.
+concurrent run already moved it to a newer version, it stays there. The registration is keyed on ``run_id``: a
+retry of the task whose first attempt committed (then died before it answered or moved the alias) gets that
+version back and moves the alias, instead of registering the model twice.
 
 ``lineage`` is a dict (see :func:`lineage_of`, which builds it from the earlier steps' results):
 
@@ -220,7 +222,9 @@ def run(
             usage_note=_adapter_note(name, lineage),
             metric_names=list(task.settings.metrics),
         )
-        version = registry.register(name, model_dir, metadata, card)
+        # keyed on the run: a retry of this task after its commit (a pod lost before it moved the alias) gets the
+        # same version back instead of registering the model twice
+        version = registry.register(name, model_dir, metadata, card, key=run_id)
     logger.info("registered %s version %d at %s", name, version.version, version.model_uri)
 
     aliases_set = []
