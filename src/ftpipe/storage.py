@@ -6,6 +6,10 @@ refused credentials, a missing object or bucket) becomes a :class:`StorageError`
 what a retry may cure (no answer, timeouts, throttling, 5xx, once botocore's own retries ran out) is a
 :class:`StorageUnavailable`, so that pipeline tasks fail and are retried only for those.
 
+A step's local scratch files (checkpoints, a model before upload, splits before upload) are written inside
+:func:`full_disk_errors`, which reports a full disk there as one StorageError line naming the directory, whatever
+the library that met it raised.
+
 Endpoint and credentials, in order: the config's ``endpoint_url``, the standard AWS environment
 variables, then the embedded server started by ``ftpipe s3 up``. Credentials are never read from a
 config file.
@@ -14,6 +18,7 @@ config file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,7 +33,7 @@ from typing import Any
 
 from ftpipe import s3server
 from ftpipe.config import StorageConfig
-from ftpipe.errors import PreconditionFailed, StorageError, StorageUnavailable
+from ftpipe.errors import FtpipeError, PreconditionFailed, StorageError, StorageUnavailable
 
 # Error codes S3 servers send when they shed load (AWS, MinIO, SeaweedFS, Ceph).
 _THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
@@ -347,6 +352,54 @@ class Storage:
                 yield self.download_dir(uri, Path(scratch) / "dir")
             else:
                 yield self.download_file(uri, Path(scratch) / Path(parse_s3(uri).key).name)
+
+
+_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_DISK_TEXTS = ("no space left on device", "storagefull", "disk quota exceeded")
+FULL_DISK_FREE_BYTES = 1 << 20  # less than this free after a failed write: the disk was full
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_DISK_ERRNOS:
+            return True
+        if any(text in str(seen).lower() for text in _FULL_DISK_TEXTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:  # torch.save only says "unexpected pos N vs M" when its write came up short: look at the disk itself
+        return shutil.disk_usage(directory).free < FULL_DISK_FREE_BYTES
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def full_disk_errors(directory: str | Path) -> Iterator[None]:
+    """Report a full disk under ``directory`` as one :class:`StorageError` line that names it.
+
+    Libraries meet a full disk in their own ways: Python's writes raise OSError(ENOSPC) or (EDQUOT), safetensors a
+    SafetensorError that names ``StorageFull``, ``torch.save`` a RuntimeError without errno ("unexpected pos"). Any
+    exception but an ftpipe error that carries one of those, or that is raised while the directory's file system has
+    under 1 MiB free, becomes that line. Use it inside the temporary directory's own ``with`` (so that the check
+    sees the disk before the directory is removed); it is deterministic (no retry gets a bigger disk).
+    """
+    directory = Path(directory)
+    try:
+        yield
+    except FtpipeError:
+        raise
+    except Exception as error:
+        if not _disk_full(error, directory):
+            raise
+        try:
+            usage = shutil.disk_usage(directory)
+            size = f" ({usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.0f} MB)"
+        except OSError:
+            size = ""
+        raise StorageError(
+            f"no space left on device in the work directory {directory}{size}: give the task more disk (its "
+            "ephemeral storage, or a larger volume for its temporary directory)"
+        ) from error
 
 
 def _md5(data: bytes) -> str:

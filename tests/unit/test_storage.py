@@ -93,3 +93,32 @@ def test_only_what_a_retry_may_cure_is_transient(monkeypatch):
     for code, status in [("NoSuchKey", 404), ("AccessDenied", 403), ("NoSuchBucket", 404), ("InvalidRange", 416)]:
         assert not answer(code, status).transient, code
     assert isinstance(answer("PreconditionFailed", 412), PreconditionFailed)
+
+
+def test_a_full_disk_is_one_line_naming_the_directory_whatever_the_library_raised(tmp_path, monkeypatch):
+    import errno
+    from collections import namedtuple
+
+    from ftpipe import storage as storage_module
+    from ftpipe.errors import DataError
+    from ftpipe.storage import full_disk_errors
+
+    with pytest.raises(StorageError, match=rf"^no space left on device in the work directory {tmp_path} \("):
+        with full_disk_errors(tmp_path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(StorageError, match="no space left"):  # safetensors names it in its message only
+        with full_disk_errors(tmp_path):
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No'
+                               ' space left on device" })')
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of room: another problem, left as it is
+        with full_disk_errors(tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9664 vs 9556")
+    with pytest.raises(DataError):  # ftpipe's own errors pass through
+        with full_disk_errors(tmp_path):
+            raise DataError("bad data")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(storage_module.shutil, "disk_usage", lambda path: usage(6_000_000, 5_990_000, 10_000))
+    with pytest.raises(StorageError, match=r"\(0.0 MB free of 6 MB\)"):  # torch.save's short write on a full disk
+        with full_disk_errors(tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9664 vs 9556")

@@ -66,7 +66,7 @@ from ftpipe.data.readers import SINGLE, SOURCES, SPLITS, Source, read_source, re
 from ftpipe.errors import DataError
 from ftpipe.results import CleanDataResult
 from ftpipe.steps import REPORT_LIBRARIES, TOKENIZER_LIBRARIES
-from ftpipe.storage import Storage, join
+from ftpipe.storage import Storage, full_disk_errors, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import Targets
 from ftpipe.text import STR, clean_texts, count_tokens_where_needed
@@ -297,11 +297,15 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     report["outputs"] = uris
     document = _document(report, tokens, split, kept)
 
-    # Everything is known to be good: write. report.json goes last, as the sign that the rest is complete.
+    # Everything is known to be good: write. Every split is written locally before any is uploaded (a full disk then
+    # leaves nothing in S3), and report.json goes last, as the sign that the rest is complete.
     with tempfile.TemporaryDirectory(prefix="ftpipe-clean-") as scratch:
-        for name, frame in frames.items():
-            _write_parquet(storage, frame, Path(scratch) / f"{name}.parquet", uris[name])
-        _write_parquet(storage, _quarantine_frame(rows), Path(scratch) / "quarantine.parquet", uris["quarantine"])
+        outputs = {**frames, "quarantine": _quarantine_frame(rows)}
+        with full_disk_errors(scratch):
+            for name, frame in outputs.items():
+                _write_parquet(frame, Path(scratch) / f"{name}.parquet")
+        for name in outputs:
+            storage.upload_file(Path(scratch) / f"{name}.parquet", uris[name])
     storage.write_text(uris["report_markdown"], document.markdown(), content_type="text/markdown; charset=utf-8")
     storage.write_text(uris["report_html"], document.html(), content_type="text/html; charset=utf-8")
     storage.write_json(uris["report_json"], report)
@@ -345,7 +349,7 @@ def _quarantine_frame(rows: _Rows) -> pd.DataFrame:
     )
 
 
-def _write_parquet(storage: Storage, frame: pd.DataFrame, path: Path, uri: str) -> None:
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -354,7 +358,6 @@ def _write_parquet(storage: Storage, frame: pd.DataFrame, path: Path, uri: str) 
         if pa.types.is_null(column.type):  # every value missing: still a text column, not a column of nulls
             table = table.set_column(index, column.name, table[column.name].cast(pa.string()))
     pq.write_table(table, path)
-    storage.upload_file(path, uri)
 
 
 def _token_stats(values: np.ndarray) -> dict[str, float | int]:
