@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-unit lint compile s3-up s3-down clean image test-container kind-up minikube-up k8s-render scan
+.PHONY: install demo test test-unit test-faults lint compile s3-up s3-down clean image test-container kind-up minikube-up k8s-render scan
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,15 @@ demo: install
 	$(PY) scripts/prepare_demo.py
 	$(FTPIPE) run --local --config pipelines/examples/sms-spam.yaml
 
-# Every tier but the container one (its own target below: it starts a Docker engine and builds the image).
+# Every tier but the container one (its own target below: it starts a Docker engine and builds the image) and the
+# fault-injection suite (test-faults: it stops and restarts S3 servers and kills processes, minutes of waiting).
 test: install
 	$(VENV)/bin/ruff check src components pipelines tests scripts
-	$(PY) -m pytest -m "not container"
+	$(PY) -m pytest -m "not container and not faults"
+
+# The fault-injection suite (tests/faults): one table row per scenario, printed at the end.
+test-faults: install
+	$(PY) -m pytest -m faults tests/faults
 
 test-unit: install
 	$(PY) -m pytest -m unit

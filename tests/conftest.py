@@ -16,7 +16,7 @@ from ftpipe.storage import Storage, join
 
 TESTS = Path(__file__).parent
 ASSETS = TESTS / "assets"
-_TIERS = ("unit", "integration", "e2e", "container", "gpu")
+_TIERS = ("unit", "integration", "e2e", "container", "gpu", "faults")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
