@@ -62,7 +62,14 @@ def _with_s3_credentials(task: dsl.PipelineTask, cluster: ClusterConfig) -> dsl.
     )
 
 
+# The label of the pods that train: k8s/components/grace-period gives them a termination grace period long enough
+# to save and upload a checkpoint on SIGTERM (KFP has no setting of its own for a task pod's grace period).
+TRAINING_POD_LABEL = ("ftpipe.io/training", "true")
+
+
 def _on_gpu_node(task: dsl.PipelineTask, cluster: ClusterConfig) -> dsl.PipelineTask:
+    """A task that trains, here in its own pod: its GPUs, CPU and memory, node selector and tolerations."""
+    kubernetes.add_pod_label(task, *TRAINING_POD_LABEL)
     task.set_cpu_request(cluster.finetune_cpu).set_memory_request(cluster.finetune_memory)
     if cluster.gpu_count > 0:
         task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(cluster.gpu_count)
@@ -197,7 +204,10 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
             selection = selecting.outputs["selection"]
             if config.sweep is None:
                 training = finetune_op(config_json=config_json, run_id=run_id, cleaned=cleaned, selection=selection)
-                _on_gpu_node(step(training, "finetune", cluster.finetune_retries), cluster)
+                step(training, "finetune", cluster.finetune_retries)
+                if cluster.nodes == 1:
+                    _on_gpu_node(training, cluster)
+                # else the task only launches and follows a TrainJob, whose pods take the GPU node settings
                 model = training.outputs["model"]
             else:
                 model = sweep(step, config_json, run_id, cleaned, selection)

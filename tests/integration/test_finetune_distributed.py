@@ -1,16 +1,25 @@
 """finetune on two processes (torchrun, DDP over gloo on this CPU) against one, the real MiniLM on a real S3 server.
 
 The same global batch (2 x 8 rows against 1 x 16) gives the same optimizer steps; the two runs' validation metric
-and loss agree within noise, and only rank 0 writes (checkpoints, model, reports).
+and loss agree within noise, and only rank 0 writes (checkpoints, model, reports). A SIGTERM stops every rank at
+one checkpoint, which holds each rank's RNG state, and the retry resumes from it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
+import time
+
+import pytest
 
 from ftpipe.config import parse_config
+from ftpipe.errors import Interrupted
 from ftpipe.steps import finetune
 from ftpipe.storage import join
+from ftpipe.training.checkpoints import mirrored_checkpoints
 
 LABELS = ["ham", "spam"]  # as the sms_splits fixture names them
 
@@ -62,3 +71,35 @@ def test_two_gloo_processes_train_as_one_does_and_only_rank_zero_writes(minilm_p
 
     assert names(two) == names(single) and "model.safetensors" in names(two)
     assert s3_storage.list(join(sms_splits.root, "two", "checkpoints")) == []  # the mirror is cleaned up once
+
+
+def test_sigterm_stops_every_rank_at_one_checkpoint_and_the_retry_resumes_on_two(
+    minilm_path, s3_storage, sms_splits, capfd
+):
+    config = _config(minilm_path, 2, 8)
+    output_uri = join(sms_splits.root, "sigterm")
+    mirror_uri = join(output_uri, "checkpoints")
+    splits = (sms_splits.train, sms_splits.validation, LABELS, "minilm")
+
+    def terminate_after_the_first_checkpoint():  # as the kubelet does to the task's process on a node drain
+        deadline = time.monotonic() + 300
+        while not mirrored_checkpoints(s3_storage, mirror_uri) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_after_the_first_checkpoint, daemon=True).start()
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        finetune.run(config, *splits, output_uri, storage=s3_storage)
+    stopped = sorted(mirrored_checkpoints(s3_storage, mirror_uri))
+    assert stopped[0] == 10 and len(stopped) == 2 and 10 < stopped[1] < 29, stopped  # one more: the SIGTERM's
+    checkpoint = join(mirror_uri, f"checkpoint-{stopped[1]}")
+    files = {uri.rsplit("/", 1)[1] for uri in s3_storage.list(checkpoint)}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "model.safetensors"} <= files  # both ranks' parts
+    capfd.readouterr()
+
+    resumed = finetune.run(config, *splits, output_uri, storage=s3_storage)
+    log = capfd.readouterr().err
+    assert resumed.resumed_from_checkpoint == checkpoint and resumed.processes == 2
+    assert resumed.global_steps == 29 and resumed.steps_redone == 0
+    assert f"resuming at step {stopped[1]}" in log
+    assert resumed.best_metric_value >= 0.9

@@ -163,3 +163,25 @@ def test_a_sweep_compiles_to_one_parallel_for_per_rung_feeding_the_winner_to_eva
     assert model["componentInputArtifact"] == "pipelinechannel--choose-trial-model"
     platform = list(yaml.safe_load_all(output.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
     assert platform["executors"]["exec-train-trial"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_training_pods_carry_the_grace_period_label_and_a_trainjob_launcher_takes_no_gpu(tmp_path):
+    from pipelines.ftpipe_pipeline import TRAINING_POD_LABEL
+
+    one_node = list(yaml.safe_load_all(_compile(tmp_path).read_text()))
+    platform = one_node[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-finetune"]["podMetadata"]["labels"] == dict([TRAINING_POD_LABEL])
+    assert "podMetadata" not in platform["exec-evaluate"]
+
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["cluster"] = {**config.get("cluster", {}), "nodes": 2, "gpu_count": 8}
+    several = tmp_path / "several-nodes.yaml"
+    several.write_text(yaml.safe_dump(config))
+    output = tmp_path / "several.yaml"
+    assert main(["compile", "--config", str(several), "-o", str(output)]) == 0
+    documents = list(yaml.safe_load_all(output.read_text()))
+    launcher = documents[0]["deploymentSpec"]["executors"]["exec-finetune"]["container"]
+    assert "accelerator" not in launcher.get("resources", {})  # the TrainJob's pods hold the GPUs, not the launcher
+    launcher_platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert "nodeSelector" not in launcher_platform and "tolerations" not in launcher_platform
+    assert "secretAsEnv" in launcher_platform  # it still writes the TrainJob's spec to S3

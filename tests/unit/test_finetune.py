@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +14,7 @@ from split_files import LABELS, write_split
 from transformers import TrainerCallback
 
 from ftpipe.config import parse_config
-from ftpipe.errors import DataError, ModelError
+from ftpipe.errors import DataError, Interrupted, ModelError
 from ftpipe.results import CandidateScore
 from ftpipe.steps import finetune
 from ftpipe.training.checkpoints import MIRROR_MARKER
@@ -174,6 +176,67 @@ def test_resume_after_early_stopping_had_decided_does_not_train_on(tiny_bert_dir
     assert result.resumed_from_checkpoint is not None and first.first_step is None  # not a single step more
     assert result.stopped_early and result.global_steps == 12 and result.epochs_trained == 2.0
     assert (Path(result.model_uri) / "model.safetensors").is_file()
+
+
+class SigtermAt(TrainerCallback):
+    """Sends this process SIGTERM at the end of one step, as the kubelet does when a node drains."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_and_mirrors_a_checkpoint_then_the_retry_trains_on_from_it(tiny_bert_dir, splits):
+    config = make_config(tiny_bert_dir, epochs=2, checkpoint_every_steps=None)  # saves at epochs only (6, 12)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM .* at step 4 of 12"):
+        finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[SigtermAt(3)])
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the process's own again
+    mirror = Path(splits.output) / "checkpoints"
+    assert sorted(path.name for path in mirror.glob("checkpoint-*")) == ["checkpoint-4"]  # the next step's end
+    assert (mirror / "checkpoint-4" / MIRROR_MARKER).is_file() and (mirror / "checkpoint-4" / "optimizer.pt").is_file()
+    assert not (Path(splits.output) / "model").exists()  # an interrupted run registers nothing
+
+    first = FirstStep()
+    result = finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output, callbacks=[first])
+    assert result.resumed_from_checkpoint == str(mirror / "checkpoint-4") and first.first_step == 5
+    assert result.global_steps == 12 and result.steps_redone == 0 and not result.stopped_early
+
+
+def test_periodic_checkpoints_come_every_n_steps_or_m_minutes(tiny_bert_dir, splits, monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    from ftpipe.training import callbacks
+
+    by_steps = callbacks.PeriodicCheckpoint(every_steps=5, every_minutes=None)
+    state, control = TrainerState(), TrainerControl()
+    by_steps.on_train_begin(None, state, control)
+    due = []
+    for step in range(1, 13):
+        state.global_step, control.should_save = step, step == 6  # an epoch's own save at step 6 restarts the count
+        by_steps.on_step_end(None, state, control)
+        if control.should_save:
+            due.append(step)
+            by_steps.on_save(None, state, control)
+    assert due == [5, 6, 11]
+
+    clock = [1000.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    by_time = callbacks.PeriodicCheckpoint(every_steps=None, every_minutes=2)
+    state, control = TrainerState(), TrainerControl()
+    by_time.on_train_begin(None, state, control)
+    due = []
+    for step in range(1, 9):
+        clock[0] += 30  # 30 s a step: due at 4 steps (2 minutes)
+        state.global_step, control.should_save = step, False
+        by_time.on_step_end(None, state, control)
+        if control.should_save:
+            due.append(step)
+            by_time.on_save(None, state, control)
+    assert due == [4, 8]
 
 
 def test_no_train_rows_is_a_data_error(tiny_bert_dir, tmp_path, splits):

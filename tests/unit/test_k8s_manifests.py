@@ -436,3 +436,21 @@ def test_dockerd_script_rejects_unknown_commands():
     result = subprocess.run(["bash", str(ROOT / "docker" / "dockerd.sh"), "restart"], capture_output=True, text=True,
                             env={**os.environ})
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_grace_period_policy_gives_the_labelled_training_pods_the_trainjob_grace_period():
+    from ftpipe.training.trainjob import TERMINATION_GRACE_SECONDS
+    from pipelines.ftpipe_pipeline import TRAINING_POD_LABEL
+
+    path = K8S / "components" / "grace-period" / "policy.yaml"
+    policy, binding = yaml.safe_load_all(path.read_text())
+    label, value = TRAINING_POD_LABEL
+    condition = policy["spec"]["matchConditions"][0]["expression"]
+    assert f"'{label}' in object.metadata.labels" in condition and f"== '{value}'" in condition
+    mutation = policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
+    assert f"terminationGracePeriodSeconds: {TERMINATION_GRACE_SECONDS}}}" in mutation
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    # MutatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from Kubernetes 1.36.
+    validate = _tool("kubernetes-validate")
+    result = subprocess.run([validate, "--strict", "-k", "1.36.0", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0 and (result.stdout + result.stderr).count("passed for resource") == 2, result

@@ -39,9 +39,7 @@ import hashlib
 import logging
 import math
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,7 +61,7 @@ from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import stratified_sample
 from ftpipe.training import adapters, launch, metric_keys
-from ftpipe.training.checkpoints import clear_stop, delete_prefix, restore_checkpoints, steps_redone
+from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints, steps_redone
 from ftpipe.training.recipe import Recipe, derive, fit_max_length
 
 if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module stays light
@@ -270,9 +268,6 @@ def _training_arguments(
         # Non-reentrant: works with frozen inputs (LoRA's frozen embeddings) without forcing their gradients.
         gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
         tf32=allow_tf32(torch.cuda.get_device_capability() if cuda else None),
-        # On SIGTERM (a node drain, a spot preemption) save a checkpoint at the next step and stop; the signal can
-        # be caught only on the main thread.
-        enable_jit_checkpoint=threading.current_thread() is threading.main_thread(),
         **distributed_settings(training, cuda, launch.world_size(), launch.nodes()),
         **precision_flags(cuda, bf16, training.precision),
         **task_arguments,
@@ -438,29 +433,6 @@ def _scratch_directory(work_dir: str | Path | None, output_uri: str):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _sigterm_seen(restore: Any):
-    """An event set when SIGTERM arrives while the block runs; the handler found (the Trainer's JIT checkpoint) is
-    still called. After it saved and stopped, training must end as interrupted, not as finished. ``restore`` is the
-    handler to leave in place afterwards (the one before the Trainer put its own)."""
-    seen = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-    handler = signal.getsignal(signal.SIGTERM)
-
-    def note(signum, frame):
-        seen.set()
-        if callable(handler):
-            handler(signum, frame)
-
-    signal.signal(signal.SIGTERM, note)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGTERM, restore)
-
-
 def run(
     config: PipelineConfig,
     train_uri: str,
@@ -509,7 +481,13 @@ def run(
     )
     from transformers.utils import logging as transformers_logging
 
-    from ftpipe.training.callbacks import CheckpointMirror, PeriodicCheckpoint, ProgressLog, ProgressRecord
+    from ftpipe.training.callbacks import (
+        CheckpointMirror,
+        PeriodicCheckpoint,
+        ProgressLog,
+        ProgressRecord,
+        SigtermCheckpoint,
+    )
 
     # Progress bars become carriage-return noise in pod logs; ProgressLog reports progress instead.
     datasets.disable_progress_bars()
@@ -612,8 +590,7 @@ def run(
 
         task_arguments, trainer_arguments = task.trainer_settings()
         trainer_class = getattr(transformers, task.trainer_classes()[1])
-        sigterm_handler = signal.getsignal(signal.SIGTERM)  # the Trainer puts its own: this one comes back after
-        mirror = CheckpointMirror(storage, mirror_uri)
+        sigterm = SigtermCheckpoint()
         trainer = trainer_class(
             model=model,
             args=_training_arguments(
@@ -627,7 +604,8 @@ def run(
             compute_metrics=task.compute_metrics(model.config),
             callbacks=[
                 PeriodicCheckpoint(training.checkpoint_every_steps, training.checkpoint_every_minutes),
-                mirror,
+                sigterm,
+                CheckpointMirror(storage, mirror_uri),
                 ProgressRecord(storage, mirror_uri),
                 EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience),
                 ProgressLog(),
@@ -640,20 +618,16 @@ def run(
 
         started = time.perf_counter()
         try:
-            with _sigterm_seen(sigterm_handler) as preempted:
-                trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
+            trainer.train(resume_from_checkpoint=str(restored.path) if restored else None)
         except BaseException:
             tracked.fail()
             raise
         train_seconds = time.perf_counter() - started
         state = trainer.state
-        if preempted.is_set():
-            if launch.local_rank() == 0:
-                clear_stop(checkpoint_dir / f"checkpoint-{state.global_step}")
-            mirror.on_save(trainer.args, state, trainer.control)  # the Trainer saved it bypassing its on_save
+        if sigterm.stopped_at is not None:
             tracked.fail()
             raise Interrupted(
-                f"stopped by SIGTERM (a node drain or preemption) at step {state.global_step} of {state.max_steps}, "
+                f"stopped by SIGTERM (a node drain or preemption) at step {sigterm.stopped_at} of {state.max_steps}, "
                 f"its checkpoint saved under {mirror_uri}: a retry resumes from it"
             )
 

@@ -4,8 +4,11 @@ training got, concise progress lines, and the early stop of a hopeless sweep tri
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -71,6 +74,50 @@ class PeriodicCheckpoint(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self._saved_at, self._saved_step = time.monotonic(), state.global_step
+
+
+class SigtermCheckpoint(TrainerCallback):
+    """On SIGTERM (a node drain, a spot preemption), save a checkpoint at the end of the current step and stop.
+
+    The step's own save mirrors it to S3 as any other (CheckpointMirror.on_save), and the stop comes only after it,
+    so the checkpoint does not read as "training had stopped" (which a resumed run honours: early stopping). With
+    several processes the decision is shared, so every rank saves and stops at the same step. transformers'
+    ``enable_jit_checkpoint`` does the same with a timer per process, which can leave the ranks at different steps,
+    and saves without the Trainer's on_save, so nothing would mirror the checkpoint.
+
+    ``stopped_at`` is the step it stopped at (None: no SIGTERM, or one that came after the last step).
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.stopped_at: int | None = None
+        self._previous: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():  # where Python lets a signal be caught
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.requested.set()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if launch.any_process(self.requested.is_set()):
+            control.should_save = True
+            self.stopped_at = state.global_step
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:
+            control.should_training_stop = True
+            logger.info("SIGTERM: checkpoint-%d saved; training stops for the retry to resume", self.stopped_at)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:  # a stop mid-epoch ends the epoch: no evaluation or save there, no time left
+            control.should_evaluate = control.should_save = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 class ProgressRecord(TrainerCallback):

@@ -85,17 +85,6 @@ def restore_checkpoints(storage: Storage, prefix_uri: str, directory: Path) -> R
     return Restored(newest, mirrored[newest_step], newest_step, float(state.get("epoch") or 0.0), stop_decided)
 
 
-def clear_stop(checkpoint: Path) -> None:
-    """Unmark a checkpoint saved on SIGTERM as "training stopped": the stop was the signal's, so the run that resumes
-    from it trains on (a stop recorded in a checkpoint otherwise means early stopping had ended training)."""
-    state_file = checkpoint / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
-    if (control.get("args") or {}).get("should_training_stop"):
-        control["args"]["should_training_stop"] = False
-        state_file.write_text(json.dumps(state, indent=2))
-
-
 def steps_redone(storage: Storage, prefix_uri: str, restored: Restored | None) -> int | None:
     """How many optimizer steps an earlier attempt had trained past the checkpoint this run starts from.
 

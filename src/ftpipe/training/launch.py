@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except FtpipeError as error:
         report_error(f"finetune: {error}")
+        _leave_termination_message(f"finetune: {error}")
         with contextlib.suppress(FtpipeError):  # the first rank to fail says why; S3 may be what failed
             if not storage.exists(spec.result_uri):
                 storage.write_json(
@@ -219,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     finally:
         dist.destroy_process_group()
+
+
+def _leave_termination_message(line: str) -> None:
+    """Kubernetes makes a container's /dev/termination-log its termination message, which the TrainJob launcher
+    puts in its error; the file exists only in a pod."""
+    path = Path("/dev/termination-log")
+    if path.is_file():
+        with contextlib.suppress(OSError):
+            path.write_text(line[:4096], encoding="utf-8")  # the kubelet keeps at most 4 KiB
 
 
 # -- collectives finetune and its callbacks use; each a no-op in one process -----------------------------------
