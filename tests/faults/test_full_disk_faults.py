@@ -57,11 +57,6 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ftpipe: error:")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finetune.run must write its work directory inside storage.full_disk_errors (today a full disk ends it "
-    "with torch.save's RuntimeError traceback); remove this mark once it does",
-)
 def test_finetune_on_a_full_work_directory_fails_with_one_line_and_writes_nothing_half(
     s3_storage, tiny_bert_dir, tmp_path, fault_table
 ):

@@ -57,7 +57,7 @@ from ftpipe.steps.select_model import (
     find_candidate,
     read_checked_split,
 )
-from ftpipe.storage import Storage, join
+from ftpipe.storage import Storage, full_disk_errors, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import stratified_sample
 from ftpipe.training import adapters, launch, metric_keys
@@ -411,13 +411,14 @@ def _launch_elsewhere(
 
 @contextlib.contextmanager
 def _scratch_directory(work_dir: str | Path | None, output_uri: str):
-    """The local directory for checkpoints and the model before upload, removed at the end.
+    """The local directory for checkpoints and the model before upload, removed at the end; a full disk there is
+    one clear error (storage.full_disk_errors).
 
     One process: a temporary directory of its own. Several: one directory every rank on a node agrees on, made
     and removed by the node's first rank (the others write their RNG states into its checkpoints).
     """
     if not launch.in_worker():
-        with tempfile.TemporaryDirectory(prefix="ftpipe-finetune-", dir=work_dir) as scratch:
+        with tempfile.TemporaryDirectory(prefix="ftpipe-finetune-", dir=work_dir) as scratch, full_disk_errors(scratch):
             yield scratch
         return
     digest = hashlib.sha256(output_uri.encode()).hexdigest()[:12]
@@ -426,7 +427,8 @@ def _scratch_directory(work_dir: str | Path | None, output_uri: str):
         if leader:
             scratch.mkdir(parents=True, exist_ok=True)
     try:
-        yield str(scratch)
+        with full_disk_errors(scratch):
+            yield str(scratch)
     finally:
         launch.barrier()
         if launch.local_rank() == 0:
