@@ -296,24 +296,26 @@ class Storage:
                 self.client.upload_file(str(path), location.bucket, location.key)
             return
         target = local_path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _temporary_beside(target)
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
+        with _writing(target, f"cannot copy {path} to {uri}"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = _temporary_beside(target)
+            shutil.copyfile(path, temporary)
+            os.replace(temporary, target)
 
     def download_file(self, uri: str, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if is_s3(uri):
-            location = parse_s3(uri)
-            with self._s3_errors(uri):
-                self.client.download_file(location.bucket, location.key, str(path))
+        with _writing(path, f"cannot write {path}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if is_s3(uri):
+                location = parse_s3(uri)
+                with self._s3_errors(uri):
+                    self.client.download_file(location.bucket, location.key, str(path))
+                return path
+            source = local_path(uri)
+            if not source.is_file():
+                raise StorageError(f"not found: {uri}")
+            shutil.copyfile(source, path)
             return path
-        source = local_path(uri)
-        if not source.is_file():
-            raise StorageError(f"not found: {uri}")
-        shutil.copyfile(source, path)
-        return path
 
     def upload_dir(self, directory: str | Path, prefix_uri: str) -> list[str]:
         """Upload every file under ``directory``; returns the URIs written."""
@@ -400,6 +402,17 @@ def full_disk_errors(directory: str | Path) -> Iterator[None]:
             f"no space left on device in the work directory {directory}{size}: give the task more disk (its "
             "ephemeral storage, or a larger volume for its temporary directory)"
         ) from error
+
+
+@contextlib.contextmanager
+def _writing(path: Path, failure: str) -> Iterator[None]:
+    """A local write to ``path``: a full disk said as :func:`full_disk_errors` says it, any other OSError as
+    ``failure`` and its reason, one line each."""
+    try:
+        with full_disk_errors(path.parent):
+            yield
+    except OSError as error:
+        raise StorageError(f"{failure}: {error.strerror or error}") from None
 
 
 def _md5(data: bytes) -> str:

@@ -1,6 +1,7 @@
 """Local-path storage: the same interface and conditional-write semantics as S3."""
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,13 @@ def test_a_full_disk_is_one_line_naming_the_directory_whatever_the_library_raise
     with pytest.raises(StorageError, match=r"\(0.0 MB free of 6 MB\)"):  # torch.save's short write on a full disk
         with full_disk_errors(tmp_path):
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9664 vs 9556")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (every write to it fails with ENOSPC)")
+def test_a_download_to_a_full_disk_is_one_line(tmp_path):
+    source = tmp_path / "data.csv"
+    source.write_text("text,label\n")
+    with pytest.raises(StorageError, match="^no space left on device in the work directory /dev"):
+        Storage().download_file(str(source), "/dev/full")
+    with pytest.raises(StorageError, match=r"^cannot write .*/data.csv/inside-a-file: "):  # any other OSError
+        Storage().download_file(str(source), source / "inside-a-file")
