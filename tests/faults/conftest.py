@@ -45,7 +45,7 @@ class FaultRow:
 
 @dataclass
 class FaultTable:
-    """Every scenario's row, in the order the scenarios ran."""
+    """Every scenario's row (shown sorted by scenario, so that numbered names keep the issue's order)."""
 
     rows: list[FaultRow] = field(default_factory=list)
     started: float | None = None
@@ -57,7 +57,7 @@ class FaultTable:
         table = Table(title="fault-injection suite", show_lines=True)
         for column in ("scenario", "injected", "outcome", "figures", "s"):
             table.add_column(column, overflow="fold")
-        for row in self.rows:
+        for row in sorted(self.rows, key=lambda row: row.scenario):  # "1 ...", "2 ...", "3a ...": the issue's order
             figures = "  ".join(f"{name}={value}" for name, value in row.figures.items())
             table.add_row(row.scenario, row.injected, row.outcome, figures, f"{row.seconds:.0f}")
         console = Console(width=160, record=True, force_terminal=False, color_system=None)

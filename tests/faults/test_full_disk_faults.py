@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ftpipe.storage import join
-from ftpipe.training.checkpoints import MIRROR_MARKER
+from ftpipe.training.checkpoints import MIRROR_MARKER, PROGRESS_RECORD
 
 CHILD = Path(__file__).with_name("step_child.py")
 LABELS = ["ham", "spam"]
@@ -86,9 +86,8 @@ def test_finetune_on_a_full_work_directory_fails_with_one_line_and_writes_nothin
     assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], errors
 
     written = s3_storage.list(f"{root}/runs")
-    marked = [uri for uri in written if uri.endswith(MIRROR_MARKER)]
-    assert [uri for uri in written if "/model/" in uri] == []
-    assert marked == []
+    assert [uri for uri in written if "/model/" in uri or uri.endswith(MIRROR_MARKER)] == []
+    assert [uri for uri in written if not uri.endswith(PROGRESS_RECORD)] == []  # how far it got, and nothing else
     fault_table.add(
         scenario="6a full disk, finetune",
         injected="TMPDIR (the work directory) on a 6 MB tmpfs: the first checkpoint does not fit",
@@ -98,16 +97,21 @@ def test_finetune_on_a_full_work_directory_fails_with_one_line_and_writes_nothin
     )
 
 
-def test_clean_data_on_a_full_work_directory_fails_with_one_line_and_uploads_no_split(
-    s3_storage, tiny_bert_dir, tmp_path, fault_table
-):
+def _random_texts(path: Path, rows: int) -> Path:
+    """A CSV of texts that barely compress (80 hex digits each, about 86 bytes a row), half ham, half spam."""
     import random
 
     rng = random.Random(0)
-    data = tmp_path / "texts.csv"
-    # texts that barely compress: the small train split fits in the work directory, the large validation one not
-    rows = [f"{rng.getrandbits(320):080x},{'spam' if i % 2 else 'ham'}" for i in range(20_000)]
-    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    lines = [f"{rng.getrandbits(320):080x},{'spam' if i % 2 else 'ham'}" for i in range(rows)]
+    path.write_text("text,label\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_clean_data_on_a_full_work_directory_fails_with_one_line_and_uploads_no_split(
+    s3_storage, tiny_bert_dir, tmp_path, fault_table
+):
+    # the small train split fits in the work directory, the large validation one does not
+    data = _random_texts(tmp_path / "texts.csv", 20_000)
     root = f"s3://ftpipe/faults-{uuid.uuid4().hex[:8]}"
     config = {
         "data": {"uri": str(data), "split": {"validation_fraction": 0.4, "test_fraction": 0.4}},
@@ -126,6 +130,35 @@ def test_clean_data_on_a_full_work_directory_fails_with_one_line_and_uploads_no_
     fault_table.add(
         scenario="6b full disk, clean_data",
         injected="TMPDIR on a 1 MB tmpfs: the 0.3 MB train split fits, the validation split does not",
+        outcome=f"exit {done.returncode}, one line: {errors[0][:60]}...",
+        objects_in_s3=len(written),
+        data_lost=0,
+    )
+
+
+def test_clean_data_of_a_dataset_larger_than_the_work_directory_fails_with_one_line(
+    s3_storage, tiny_bert_dir, tmp_path, fault_table
+):
+    root = f"s3://ftpipe/faults-{uuid.uuid4().hex[:8]}"
+    data = _random_texts(tmp_path / "texts.csv", 25_000)  # 2.2 MB, downloaded into the work directory to be read
+    s3_storage.upload_file(data, f"{root}/texts.csv")
+    config = {
+        "data": {"uri": f"{root}/texts.csv"},
+        "registry": {"model_name": "spam"},
+        "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+        "storage": {"artifact_root": f"{root}/runs"},
+    }
+    disk = tmp_path / "work"
+    done = _run_on_small_disk({"step": "clean_data", "config": config, "run_id": "run-1"}, disk, 1, tmp_path)
+    errors = _error_lines(done.stderr)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], errors
+    written = s3_storage.list(f"{root}/runs")
+    assert written == []
+    fault_table.add(
+        scenario="6c full disk, input download",
+        injected="a 2.2 MB dataset on S3, TMPDIR on a 1 MB tmpfs: its download does not fit",
         outcome=f"exit {done.returncode}, one line: {errors[0][:60]}...",
         objects_in_s3=len(written),
         data_lost=0,
