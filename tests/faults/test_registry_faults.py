@@ -46,7 +46,7 @@ def _writer(uri: str, index: int, source: str, barrier, results) -> None:
         registry.set_alias("spam", "candidate", version.version, note=f"writer {index}")
         # a strict compare-and-swap, repeated on the state read again after each lost race
         conflicts = 0
-        while True:
+        for _ in range(10 * WRITERS):  # each round has a winner: at most WRITERS - 1 losses
             current = registry.resolve_alias("spam", "production")
             try:
                 registry.set_alias(
@@ -57,6 +57,8 @@ def _writer(uri: str, index: int, source: str, barrier, results) -> None:
             except RegistryError as error:
                 assert "another writer" in str(error), error
                 conflicts += 1
+        else:
+            raise AssertionError(f"writer {index} lost {conflicts} compare-and-swap races in a row")
         results.put((index, version.version, conflicts, None))
     except BaseException as error:  # noqa: BLE001 - reported to the test
         results.put((index, None, 0, f"{type(error).__name__}: {error}"))
