@@ -16,6 +16,7 @@ use, answering as the real server does (JSON field names included: the recurring
 Every request is recorded (method, path, query, headers, JSON body) so tests check what was sent.
 ``token`` makes it demand ``Authorization: Bearer <token>``; ``fail(method, path, status)`` makes
 one route answer an error; ``login_page`` makes it answer HTML like an authenticating proxy.
+Serving, parsing a request and writing the reply are ``fake_http``'s; this module holds the API.
 
     with FakeKfp() as kfp:
         main(["submit", "--host", kfp.url, ...])
@@ -28,8 +29,9 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from http.server import BaseHTTPRequestHandler
+
+from fake_http import LocalHttpServer, read_request, reply
 
 API = "/apis/v2beta1"
 _STATUS_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 500: 13}  # HTTP status -> gRPC code
@@ -48,7 +50,7 @@ class Request:
 
 
 @dataclass
-class FakeKfp:
+class FakeKfp(LocalHttpServer):
     token: str | None = None
     multi_user: bool = False
     login_page: bool = False
@@ -59,18 +61,13 @@ class FakeKfp:
     recurring_runs: dict[str, dict] = field(default_factory=dict)
     failures: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
+    thread_name = "fake-kfp"
+
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # -- test helpers ----------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "the fake KFP server is not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     def add_experiment(self, name: str, namespace: str | None = None) -> str:
         experiment_id = self._new_id("exp")
@@ -98,54 +95,17 @@ class FakeKfp:
     def calls(self) -> list[str]:
         return [f"{r.method} {r.path}" for r in self.requests]
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeKfp:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                fake._handle(self)
-
-            do_POST = do_DELETE = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="fake-kfp", daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
-
     # -- the API ---------------------------------------------------------------------------
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):04d}"
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        url = urlsplit(handler.path)
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw else None
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        request = Request(handler.command, url.path, query, dict(handler.headers.items()), body)
+        request = Request(**read_request(handler)._asdict())
         with self._lock:
             self.requests.append(request)
             status, payload = self._answer(request)
-        if isinstance(payload, str):
-            data, content_type = payload.encode(), "text/html; charset=utf-8"
-        else:
-            data, content_type = json.dumps(payload).encode(), "application/json"
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        reply(handler, status, payload, text_type="text/html; charset=utf-8")  # the text is the login page
 
     def _answer(self, request: Request) -> tuple[int, dict | str]:
         if self.login_page:

@@ -18,7 +18,7 @@ keeps it. Pods are plain dicts (``pod(...)``); a pod's log
 is served line by line (``log_delay`` apart), and ``on_log_served`` marks it finished afterwards.
 Every request is recorded. ``forbid(verb, resource)`` answers 403 as RBAC does; ``trainer_installed=False``
 makes the trainer.kubeflow.org group unknown; ``fail(method, path_suffix, status)`` makes a route answer
-an error.
+an error. Serving, parsing a request and writing the reply are ``fake_http``'s; this module holds the API.
 
     with FakeKubernetes(lifecycle=[[running], [complete]]) as kube:
         train_on_nodes(config, uri, job_name="x", namespace="ns", api_client=kube.api_client())
@@ -31,9 +31,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from fake_http import LocalHttpServer, read_request, reply
 
 TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
@@ -81,7 +82,7 @@ class Request:
 
 
 @dataclass
-class FakeKubernetes:
+class FakeKubernetes(LocalHttpServer):
     lifecycle: list[list[dict[str, Any]]] = field(default_factory=lambda: [[]])
     hold_until_logs_served: int = 0
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -99,20 +100,15 @@ class FakeKubernetes:
     # A deleted TrainJob is still there (being deleted, foreground) for this many GETs.
     linger_gets: int = 0
 
+    thread_name = "fake-kubernetes"
+
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._gets: dict[tuple[str, str], int] = {}
         self._lingering: dict[tuple[str, str], int] = {}
         self.served: list[str] = []  # pods whose whole log was served, in order
-        self._server: ThreadingHTTPServer | None = None
 
     # -- test helpers ----------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "the fake Kubernetes API server is not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     def api_client(self):
         from kubernetes import client
@@ -133,53 +129,20 @@ class FakeKubernetes:
     def trainjob_gets(self) -> int:
         return sum(1 for r in self.requests if r.method == "GET" and TRAINJOBS.match(r.path))
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeKubernetes:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                fake._handle(self)
-
-            do_POST = do_DELETE = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="fake-kubernetes", daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
-
     # -- the API ---------------------------------------------------------------------------
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        url = urlsplit(handler.path)
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw else None
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        request = Request(handler.command, url.path, query, body)
+        incoming = read_request(handler)
+        request = Request(incoming.method, incoming.path, incoming.query, incoming.body)
         with self._lock:
             self.requests.append(request)
-        logs = PODS.match(url.path)
+        logs = PODS.match(request.path)
         if request.method == "GET" and logs and logs.group(3) and not self._refusal(request):
-            self._stream_log(handler, logs.group(1), logs.group(2), query)
+            self._stream_log(handler, logs.group(1), logs.group(2), request.query)
             return
         with self._lock:
             status, payload = self._refusal(request) or self._answer(request)
-        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        reply(handler, status, payload)
 
     def _refusal(self, request: Request) -> tuple[int, Any] | None:
         for (method, suffix), status in self.failures.items():
@@ -259,12 +222,7 @@ class FakeKubernetes:
     def _stream_log(self, handler: BaseHTTPRequestHandler, namespace: str, name: str, query: dict[str, str]) -> None:
         """The log, line by line, as a follow=true stream does: the body ends when the container does."""
         if name not in self.pods:
-            data = json.dumps(_status(404, "NotFound", f'pods "{name}" not found')).encode()
-            handler.send_response(404)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
+            reply(handler, 404, _status(404, "NotFound", f'pods "{name}" not found'))
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "text/plain")
