@@ -79,3 +79,30 @@ def test_qlora_trains_on_a_4bit_base_and_saves_full_precision_weights(tiny_bert_
     assert result.adapter == "qlora" and result.trainable_parameters < result.num_parameters
     saved = AutoConfig.from_pretrained(result.model_uri)
     assert getattr(saved, "quantization_config", None) is None  # merged, dequantised: loads without bitsandbytes
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_one_process_per_gpu_over_nccl_trains_and_saves_a_plain_model(fsdp, tiny_bert_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from ftpipe.config import parse_config
+    from ftpipe.steps import finetune
+
+    config = parse_config(
+        {
+            "data": {"uri": "unused.csv"},
+            "registry": {"model_name": "gpu"},
+            "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+            # processes unset: one per GPU the process sees
+            "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "fsdp": fsdp},
+        }
+    )
+    train = write_split(tmp_path / "train.parquet", 256, 1, max_filler=30)
+    validation = write_split(tmp_path / "validation.parquet", 32, 2, max_filler=30)
+    result = finetune.run(config, train, validation, LABELS, "tiny", str(tmp_path / "out"))
+
+    assert result.processes == torch.cuda.device_count()
+    assert result.global_steps == -(-256 // (8 * result.processes))
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_uri)  # gathered whole, even sharded
+    assert model.config.id2label == {0: LABELS[0], 1: LABELS[1]}

@@ -370,3 +370,19 @@ def test_flash_attention_where_it_cannot_run_is_one_model_error(tiny_bert_dir, s
     config = make_config(tiny_bert_dir, attention="flash_attention_2")
     with pytest.raises(ModelError, match="(?i)flash"):
         finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output)
+
+
+def test_distributed_settings_and_where_fsdp_cannot_run():
+    from ftpipe.config import FinetuneConfig
+    from ftpipe.errors import ConfigError
+
+    assert finetune.distributed_settings(FinetuneConfig(), cuda=False, world_size=1, nodes=1) == {}
+    two = finetune.distributed_settings(FinetuneConfig(), cuda=False, world_size=2, nodes=1)
+    assert two["ddp_backend"] == "gloo" and not two["save_on_each_node"] and "fsdp" not in two
+    assert two["average_tokens_across_devices"] is False  # one loss scale, whatever the number of processes
+    assert finetune.distributed_settings(FinetuneConfig(), cuda=True, world_size=16, nodes=2)["save_on_each_node"]
+    sharded = finetune.distributed_settings(FinetuneConfig(fsdp=True), cuda=True, world_size=2, nodes=1)
+    assert sharded["fsdp"] == "full_shard auto_wrap"
+    for cuda, world_size in ((False, 2), (True, 1)):
+        with pytest.raises(ConfigError, match="training.fsdp"):
+            finetune.distributed_settings(FinetuneConfig(fsdp=True), cuda=cuda, world_size=world_size, nodes=1)

@@ -645,7 +645,7 @@ def run(
         notes = task.finalize(trainer, validation_dataset)  # the best weights are loaded: fit what validation picks
         model_dir = Path(scratch) / "model"
         model_uri = join(output_uri, "model")
-        saved_as = adapters.ADAPTER if training.adapter_save == adapters.ADAPTER else adapters.MERGED
+        saved_as = None
         if main_process:
             # transformers 5 writes safetensors only (the `safe_serialization` switch is gone).
             saved_as = adapters.save(trainer.model, model_dir, training.adapter_save, chosen.source, resolved)
@@ -655,6 +655,7 @@ def run(
                 _model_card(task, chosen, license_id, labels, metric_name, best_value), encoding="utf-8"
             )
             storage.upload_dir(model_dir, model_uri)
+        saved_as = launch.from_rank_zero(saved_as)  # what rank 0 saved (adapters.save decides), in every result
 
         result_fields = dict(
             model_uri=model_uri,
