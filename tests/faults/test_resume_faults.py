@@ -145,7 +145,7 @@ def test_a_stopped_finetune_resumes_and_ends_as_an_uninterrupted_one(
     assert f"resuming at step {newest}" in err
     redone = max(0, signalled_at - newest)  # what the fault cost, as the test saw it
     assert redone <= INTERVAL
-    # The task records its progress every few seconds, and may take one more step before the signal lands.
+    # The task records its progress every second, and may take one more step before the signal lands.
     assert resumed.steps_redone is not None and resumed.steps_redone <= redone + 1, (resumed.steps_redone, redone)
     assert resumed.global_steps == uninterrupted.global_steps
     delta = resumed.best_metric_value - uninterrupted.best_metric_value

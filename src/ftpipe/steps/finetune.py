@@ -593,6 +593,7 @@ def run(
         task_arguments, trainer_arguments = task.trainer_settings()
         trainer_class = getattr(transformers, task.trainer_classes()[1])
         sigterm = SigtermCheckpoint()
+        progress = ProgressRecord(storage, mirror_uri)
         trainer = trainer_class(
             model=model,
             args=_training_arguments(
@@ -608,7 +609,7 @@ def run(
                 PeriodicCheckpoint(training.checkpoint_every_steps, training.checkpoint_every_minutes),
                 sigterm,
                 CheckpointMirror(storage, mirror_uri),
-                ProgressRecord(storage, mirror_uri),
+                progress,
                 EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience),
                 ProgressLog(),
                 *tracked.callbacks(),
@@ -624,6 +625,8 @@ def run(
         except BaseException:
             tracked.fail()
             raise
+        finally:
+            progress.close()
         train_seconds = time.perf_counter() - started
         state = trainer.state
         if sigterm.stopped_at is not None:

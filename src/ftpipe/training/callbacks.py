@@ -121,28 +121,51 @@ class SigtermCheckpoint(TrainerCallback):
 
 
 class ProgressRecord(TrainerCallback):
-    """Leave the newest optimizer step reached in S3 now and then, so that a resumed run can say how many steps it
-    redoes (those between its checkpoint and where the lost pod got to).
+    """Leave the newest optimizer step reached in S3 every second or so, so that a resumed run can say how many steps
+    it redoes (those between its checkpoint and where the lost pod got to).
 
-    At most one small write per ``every_seconds``, on the main process; a failed write is only logged, since the
-    record is for the report and training should not stop for it.
+    A thread of the main process writes it, so that training never waits on S3 for it; a failed write is only
+    logged, since the record is for the report and training should not stop for it.
     """
 
-    def __init__(self, storage: Storage, prefix_uri: str, every_seconds: float = 5.0) -> None:
+    def __init__(self, storage: Storage, prefix_uri: str, every_seconds: float = 1.0) -> None:
         self.storage = storage
         self.uri = join(prefix_uri, PROGRESS_RECORD)
         self.every_seconds = every_seconds
-        self._written_at = float("-inf")
+        self._reached: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._stop.clear()
+            self._writer = threading.Thread(target=self._write_now_and_then, name="ftpipe-progress", daemon=True)
+            self._writer.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = time.monotonic()
-        if not state.is_world_process_zero or now - self._written_at < self.every_seconds:
-            return
-        self._written_at = now
-        try:
-            self.storage.write_json(self.uri, {"global_step": state.global_step, "epoch": state.epoch})
-        except StorageError as error:
-            logger.warning("could not record progress at step %d: %s", state.global_step, error)
+        self._reached = {"global_step": state.global_step, "epoch": state.epoch}
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the writer (also when training ended in an exception, which skips on_train_end)."""
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
+    def _write_now_and_then(self) -> None:
+        written = None
+        while not self._stop.wait(self.every_seconds):
+            reached = self._reached
+            if reached is None or reached == written:
+                continue
+            try:
+                self.storage.write_json(self.uri, reached)
+                written = reached
+            except StorageError as error:
+                logger.warning("could not record progress at step %d: %s", reached["global_step"], error)
 
 
 class ProgressLog(TrainerCallback):

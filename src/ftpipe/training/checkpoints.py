@@ -88,12 +88,11 @@ def restore_checkpoints(storage: Storage, prefix_uri: str, directory: Path) -> R
 def steps_redone(storage: Storage, prefix_uri: str, restored: Restored | None) -> int | None:
     """How many optimizer steps an earlier attempt had trained past the checkpoint this run starts from.
 
-    From the progress the attempt recorded (every few seconds, so a lower bound by at most that much); None when
-    no earlier attempt left a record.
+    From the progress the attempt recorded (every second or so, so a lower bound by at most that much), and from
+    the checkpoint itself (the attempt got at least that far); None when no earlier attempt left either.
     """
     uri = join(prefix_uri, PROGRESS_RECORD)
     if not storage.exists(uri):
-        return None
+        return 0 if restored else None
     reached = int(storage.read_json(uri).get("global_step") or 0)
     return max(0, reached - (restored.global_step if restored else 0))
-
