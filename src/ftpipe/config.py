@@ -90,6 +90,13 @@ class CleanDataConfig(StrictModel):
     deduplicate: bool = Field(True, description="Drop exact duplicates of the normalised text.")
     remove_leakage: bool = Field(True, description="Drop validation/test rows whose text also occurs in train.")
     min_chars: int = Field(1, ge=1, description="Rows shorter than this after cleaning are quarantined.")
+    max_chars: int | None = Field(
+        100_000,
+        ge=1,
+        description="Rows whose text as read is longer than this many characters are quarantined as `too_long`, "
+        "before they are cleaned or tokenized (a 5 MB cell is a broken quote or a pasted file, not an example; "
+        "100,000 characters is some 25,000 tokens, far past any encoder's window). None: no limit.",
+    )
     min_tokens: int = Field(1, ge=1, description="Rows with fewer tokens than this are quarantined.")
     max_tokens: int = Field(512, ge=1, description="Rows with more tokens than this are quarantined.")
     tokenizer: str | None = Field(
@@ -138,6 +145,15 @@ class SelectModelConfig(StrictModel):
         0.02,
         ge=0,
         description="Probe macro-F1 given up per tenfold increase in parameters when ranking (cost term).",
+    )
+    label_noise: Literal["report", "quarantine", "off"] = Field(
+        "report",
+        description="Suspected mislabels among the probed train rows (confident learning on the selected "
+        "candidate's out-of-fold probe probabilities; single-label tasks only): `report` lists them, "
+        "`quarantine` also trains on a copy of the train split without them, `off` skips the check.",
+    )
+    label_noise_folds: int = Field(
+        5, ge=2, le=20, description="Cross-validation folds of the out-of-fold probe probabilities."
     )
 
 

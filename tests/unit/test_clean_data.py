@@ -303,7 +303,9 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
         columns=["text", "label"],
     )
     validation = pd.DataFrame([("kept one", "0"), ("valid one", "0"), ("valid two", "1")], columns=["text", "label"])
-    test = pd.DataFrame([("test one", "1"), ("kept three", "0"), ("test two", "0")], columns=["text", "label"])
+    test = pd.DataFrame(
+        [("test one", "1"), ("kept three", "0"), ("test two", "0"), ("<b>" * 70, "0")], columns=["text", "label"]
+    )  # test row 3: too_long (210 > max_chars 200 as read, though cleaning would leave nothing)
     config = make_config(
         {
             **own_splits(tmp_path, train, validation, test),
@@ -311,6 +313,7 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
             "labels": ["ham", "spam"],
         },
         min_chars=3,
+        max_chars=200,
         min_tokens=4,
         max_tokens=20,
     )
@@ -319,6 +322,7 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
     assert result.labels == ["ham", "spam"]
     assert result.rejected == {
         "missing_text": 1,
+        "too_long": 1,
         "empty_text": 1,
         "too_short": 1,
         "missing_label": 1,
@@ -330,7 +334,7 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
         "leakage": 2,
     }
     assert result.counts == {"train": 4, "validation": 2, "test": 2}
-    check_invariants(result, 20)
+    check_invariants(result, 21)
     quarantine = read_outputs(result)["quarantine"]
     assert list(quarantine.columns) == ["source_split", "row", "text", "label", "reason"]
     where = {(r.source_split, r.row): r.reason for r in quarantine.itertuples()}
@@ -347,6 +351,7 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
         ("train", 12): "duplicate",
         ("validation", 0): "leakage",
         ("test", 1): "leakage",
+        ("test", 3): "too_long",
     }
     original = quarantine.set_index(["source_split", "row"])
     assert original.loc[("train", 9), "text"] == "same  <b>words</b> here"  # the text as read, not cleaned
@@ -354,8 +359,25 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
     assert pd.isna(original.loc[("train", 1), "text"]) and pd.isna(original.loc[("train", 4), "label"])
     assert read_outputs(result)["train"]["text"].tolist() == ["kept one", "kept two", "Kept two", "kept three"]
     report = json.loads(Path(result.report_json_uri).read_text())
-    assert report["rejected_by_source"]["test"] == {"leakage": 1}
+    assert report["rejected_by_source"]["test"] == {"too_long": 1, "leakage": 1}
     assert Path(result.report_html_uri).read_text().count("data:image/png;base64,") == 3
+
+
+def test_a_5_mb_cell_is_quarantined_as_too_long_and_the_run_goes_on(tmp_path, make_config):
+    frame = dataset({"a": 20, "b": 20})
+    huge = ("lorem ipsum dolor <i>sit</i> amet " * 160_000)[: 5 * 2**20]  # 5 MiB in one cell, HTML and all
+    frame.loc[7, "text"] = huge
+    uri = write(frame, tmp_path / "d.csv")
+    assert (tmp_path / "d.csv").stat().st_size > 5 * 2**20
+    result = clean_data.run(make_config({"uri": uri}), str(tmp_path / "out"))
+    check_invariants(result, 40)
+    assert result.rejected["too_long"] == 1 and sum(result.rejected.values()) == 1
+    assert sum(result.counts.values()) == 39
+    quarantine = read_outputs(result)["quarantine"]
+    assert quarantine.loc[0, "reason"] == "too_long" and quarantine.loc[0, "row"] == 7
+    assert quarantine.loc[0, "text"] == huge  # the text as read, whole
+    unlimited = clean_data.run(make_config({"uri": uri}, max_chars=None), str(tmp_path / "unlimited"))
+    assert unlimited.rejected["too_long"] == 0 and unlimited.rejected["too_many_tokens"] == 1
 
 
 def test_deduplicate_and_leakage_can_be_turned_off(tmp_path, make_config):

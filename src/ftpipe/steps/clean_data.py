@@ -14,7 +14,8 @@ duplicates and train/evaluation leakage, and writes under ``output_uri``::
 Nothing is dropped silently: each input row is either kept in exactly one split or quarantined with
 exactly one reason, the first that applies in this order (the order of :data:`REASONS`):
 
-1. ``missing_text``: the text cell is empty or null.
+1. ``missing_text``: the text cell is empty or null; ``too_long``: it holds more than ``cleaning.max_chars``
+   characters as read (checked before any cleaning or tokenizing touches it).
 2. ``empty_text`` / ``too_short``: nothing, or fewer than ``cleaning.min_chars`` characters, is left after cleaning.
 3. the task's target reasons, in its order (``Task.target_reasons``): for text_classification ``missing_label`` /
    ``unknown_label``: no label, or one (after ``data.label_mapping``) outside ``data.labels``.
@@ -75,7 +76,7 @@ logger = logging.getLogger(__name__)
 
 LIBRARIES = (*TOKENIZER_LIBRARIES, "sklearn.model_selection", *REPORT_LIBRARIES)
 
-TEXT_REASONS = ("missing_text", "empty_text", "too_short")
+TEXT_REASONS = ("missing_text", "too_long", "empty_text", "too_short")
 LENGTH_REASONS = ("too_few_tokens", "too_many_tokens")
 DUPLICATE_REASONS = ("conflicting_labels", "duplicate", "leakage")
 _HISTOGRAM_BINS = 40
@@ -176,9 +177,16 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     rows = _load_rows(inputs, config, task, storage)
     n = len(rows.source)
 
-    # 1-2: text, cleaned once per distinct raw text (exact copies are common, and cleaning is the costly part)
+    # 1-2: text, cleaned once per distinct raw text (exact copies are common, and cleaning is the costly part).
+    # A text over max_chars is quarantined as read: cleaning and tokenizing a multi-megabyte cell would cost more
+    # than all the rest, and its cleaned form is never used.
     rows.reject(rows.raw_text.isna().to_numpy(), "missing_text")
-    raw_code, raw_distinct = pd.factorize(rows.raw_text, use_na_sentinel=True)
+    raw_text = rows.raw_text
+    if cleaning.max_chars is not None:
+        too_long = (raw_text.str.len() > cleaning.max_chars).to_numpy(dtype=bool, na_value=False)
+        if rows.reject(too_long, "too_long"):
+            raw_text = raw_text.mask(too_long)  # treated as missing from here on (it is already quarantined)
+    raw_code, raw_distinct = pd.factorize(raw_text, use_na_sentinel=True)
     cleaned = clean_texts(pd.Series(raw_distinct, dtype=STR), cleaning)
     clean_code, distinct = pd.factorize(cleaned, use_na_sentinel=True)
     has_text = raw_code >= 0
@@ -187,7 +195,7 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
     lengths = np.zeros(n, dtype=np.int64)
     lengths[has_text] = pd.Series(distinct, dtype=STR).str.len().to_numpy(dtype=np.int64)[text_code[has_text]]
     distinct = np.asarray(distinct, dtype=object)
-    del raw_code, raw_distinct, cleaned, clean_code, has_text
+    del raw_text, raw_code, raw_distinct, cleaned, clean_code, has_text
     rows.reject(lengths == 0, "empty_text")
     rows.reject(lengths < cleaning.min_chars, "too_short")
 
