@@ -97,6 +97,15 @@ class CleanDataConfig(StrictModel):
         "before they are cleaned or tokenized (a 5 MB cell is a broken quote or a pasted file, not an example; "
         "100,000 characters is some 25,000 tokens, far past any encoder's window). None: no limit.",
     )
+    min_rows_per_label: int = Field(
+        2,
+        ge=1,
+        description="Rows of a label with fewer usable rows than this (in train; in the whole file when ftpipe "
+        "splits it) are quarantined as `rare_label` and listed in the report: a label seen once can be neither "
+        "split nor learned. Tasks whose split strata are their labels only (text_classification, "
+        "multi_label_classification: each row's rarest label); it does not apply to regression, token "
+        "classification or the generative tasks. 1 turns it off.",
+    )
     min_tokens: int = Field(1, ge=1, description="Rows with fewer tokens than this are quarantined.")
     max_tokens: int = Field(512, ge=1, description="Rows with more tokens than this are quarantined.")
     tokenizer: str | None = Field(

@@ -243,7 +243,8 @@ def test_split_is_independent_of_row_order_and_follows_the_seed(tmp_path, make_c
 
 def test_classes_too_small_to_stratify_fall_back_and_say_so(tmp_path, make_config):
     frame = pd.concat([dataset({"big": 40}), dataset({"tiny": 1, "pair": 2}, offset=100)], ignore_index=True)
-    result = clean_data.run(make_config({"uri": write(frame, tmp_path / "d.csv")}), str(tmp_path / "out"))
+    config = make_config({"uri": write(frame, tmp_path / "d.csv")}, min_rows_per_label=1)  # keep the singleton
+    result = clean_data.run(config, str(tmp_path / "out"))
     report = check_invariants(result, 43)
     assert result.labels == ["big", "pair", "tiny"]
     notes = " ".join(report["split"]["notes"])
@@ -251,9 +252,40 @@ def test_classes_too_small_to_stratify_fall_back_and_say_so(tmp_path, make_confi
     assert "- splitting off" in Path(result.report_markdown_uri).read_text()
 
 
+def test_a_label_seen_once_is_quarantined_as_rare_label(tmp_path, make_config, caplog):
+    frame = pd.concat([dataset({"big": 40, "other": 20}), dataset({"tiny": 1, "pair": 2}, offset=100)])
+    frame = pd.concat([frame, frame[frame["label"] == "tiny"]], ignore_index=True)  # an exact copy counts once
+    result = clean_data.run(make_config({"uri": write(frame, tmp_path / "d.csv")}), str(tmp_path / "out"))
+    report = check_invariants(result, 64)
+    assert result.labels == ["big", "other", "pair"]  # learnt from the data: the rare label is no output
+    assert result.rejected["rare_label"] == 1 and result.rejected["duplicate"] == 1
+    quarantine = read_outputs(result)["quarantine"]
+    assert quarantine.set_index("reason").loc["rare_label", "label"] == "tiny"
+    assert report["rare_labels"] == {"tiny": 1}
+    assert "`tiny` (1)" in Path(result.report_markdown_uri).read_text()
+    assert "'tiny' (1)" in caplog.text and "min_rows_per_label" in caplog.text
+
+    # the user's own splits: counted in train; the label's validation and test rows go too
+    train = pd.concat([dataset({"a": 8, "b": 8}), dataset({"c": 1}, 50)], ignore_index=True)
+    validation, test = dataset({"a": 2, "b": 2, "c": 1}, 100), dataset({"a": 2, "b": 2, "c": 2}, 200)
+    splits = own_splits(tmp_path, train, validation, test)
+    result = clean_data.run(make_config(splits), str(tmp_path / "own"))
+    check_invariants(result, 17 + 5 + 6)
+    assert result.rejected["rare_label"] == 4 and result.labels == ["a", "b"]
+    named = clean_data.run(make_config({**splits, "labels": ["a", "b", "c"]}), str(tmp_path / "named"))
+    assert named.labels == ["a", "b", "c"] and named.rejected["rare_label"] == 4  # named, yet too rare to learn
+    off = clean_data.run(make_config(splits, min_rows_per_label=1), str(tmp_path / "off"))
+    assert off.rejected["rare_label"] == 0 and off.labels == ["a", "b", "c"]
+    with pytest.raises(DataError, match="every label has fewer than 9 rows \\(cleaning.min_rows_per_label"):
+        clean_data.run(make_config(splits, min_rows_per_label=9), str(tmp_path / "strict"))  # a and b have 8
+    assert not (tmp_path / "strict").exists()
+
+
 def test_too_few_rows_to_split_is_a_data_error(tmp_path, make_config):
     uri = write(dataset({"a": 1, "b": 1}), tmp_path / "d.csv")
     with pytest.raises(DataError, match="too few to split"):
+        clean_data.run(make_config({"uri": uri}, min_rows_per_label=1), str(tmp_path / "out"))
+    with pytest.raises(DataError, match="every label has fewer than 2 rows"):
         clean_data.run(make_config({"uri": uri}), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -331,6 +363,7 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
         "too_many_tokens": 1,
         "conflicting_labels": 2,
         "duplicate": 1,
+        "rare_label": 0,
         "leakage": 2,
     }
     assert result.counts == {"train": 4, "validation": 2, "test": 2}
@@ -389,7 +422,7 @@ def test_deduplicate_and_leakage_can_be_turned_off(tmp_path, make_config):
     result = clean_data.run(make_config(splits, deduplicate=False, remove_leakage=False), str(tmp_path / "out"))
     assert sum(result.rejected.values()) == 0
     assert result.counts == {"train": 5, "validation": 2, "test": 2}
-    default = clean_data.run(make_config(splits), str(tmp_path / "out2"))
+    default = clean_data.run(make_config(splits, min_rows_per_label=1), str(tmp_path / "out2"))  # one row a label
     assert default.rejected["duplicate"] == 1 and default.rejected["conflicting_labels"] == 2
     assert default.rejected["leakage"] == 2
     assert default.counts == {"train": 2, "validation": 1, "test": 1}

@@ -27,7 +27,10 @@ exactly one reason, the first that applies in this order (the order of :data:`RE
    have several right replies (``Task.one_target_per_text``).
 6. ``duplicate`` (with ``cleaning.deduplicate``): an exact copy of an earlier row's cleaned text and target;
    the first copy is kept. With the user's own splits this is per split; copies across splits are leakage.
-7. ``leakage`` (with ``cleaning.remove_leakage``): a validation or test row whose cleaned text is also in the
+7. ``rare_label`` (tasks whose split strata are their labels, ``Task.label_strata``): the row's label (multi-label:
+   its rarest label) has fewer than ``cleaning.min_rows_per_label`` usable rows in train (in the whole file when
+   it is split here): it can be neither split nor learned. Listed in the report and the log.
+8. ``leakage`` (with ``cleaning.remove_leakage``): a validation or test row whose cleaned text is also in the
    cleaned train split.
 
 Cleaning a text (:func:`ftpipe.text.clean_texts`): HTML tags removed (script/style bodies and comments too) and entities
@@ -78,7 +81,9 @@ LIBRARIES = (*TOKENIZER_LIBRARIES, "sklearn.model_selection", *REPORT_LIBRARIES)
 
 TEXT_REASONS = ("missing_text", "too_long", "empty_text", "too_short")
 LENGTH_REASONS = ("too_few_tokens", "too_many_tokens")
-DUPLICATE_REASONS = ("conflicting_labels", "duplicate", "leakage")
+DUPLICATE_REASONS = ("conflicting_labels", "duplicate")
+LABEL_REASONS = ("rare_label",)  # only for tasks whose strata are labels (Task.label_strata)
+LEAKAGE_REASONS = ("leakage",)
 _HISTOGRAM_BINS = 40
 
 __all__ = ["CleanDataResult", "reasons", "run"]
@@ -86,7 +91,8 @@ __all__ = ["CleanDataResult", "reasons", "run"]
 
 def reasons(task: Task) -> tuple[str, ...]:
     """Every quarantine reason of a run of ``task``, in the order they apply."""
-    return (*TEXT_REASONS, *task.target_reasons, *LENGTH_REASONS, *DUPLICATE_REASONS)
+    labels = LABEL_REASONS if task.label_strata else ()
+    return (*TEXT_REASONS, *task.target_reasons, *LENGTH_REASONS, *DUPLICATE_REASONS, *labels, *LEAKAGE_REASONS)
 
 
 @dataclass
@@ -152,6 +158,36 @@ def _load_rows(inputs: list[Source], config: PipelineConfig, task: Task, storage
         raw_text=pd.concat(texts, ignore_index=True) if len(texts) > 1 else texts[0],
         raw_target=np.concatenate(targets),
     )
+
+
+def _reject_rare_labels(rows: _Rows, task: Task, targets: Targets, minimum: int) -> tuple[Targets, dict[str, int]]:
+    """Quarantine the rows of every label with fewer than ``minimum`` usable rows as ``rare_label``.
+
+    Counted on the rows that are or may become training rows (the user's train split, or the whole file before it
+    is split), after de-duplication, so that two copies of one text count once. The targets are then encoded again
+    without those rows, so that a label learnt from the data (not named in ``data.labels``) is no output of the
+    model. Returns the targets and ``{label: usable rows}`` of the labels quarantined.
+    """
+    strata = targets.strata
+    assert strata is not None, "a task with label_strata gives strata"
+    train = rows.alive & ((rows.source == 0) | (rows.source == SINGLE))
+    per_label = np.bincount(strata[train & (strata >= 0)], minlength=len(targets.labels))
+    rare = np.flatnonzero((per_label > 0) & (per_label < minimum))
+    if not len(rare):
+        return targets, {}
+    found = {targets.labels[index]: int(per_label[index]) for index in rare}
+    hit = rows.reject(rows.alive & np.isin(strata, rare), "rare_label")
+    logger.warning(
+        "quarantined %d rows of %d label(s) with fewer than %d rows (cleaning.min_rows_per_label): %s",
+        hit, len(found), minimum, ", ".join(f"{label!r} ({count})" for label, count in found.items()),
+    )
+    train = rows.alive & ((rows.source == 0) | (rows.source == SINGLE))
+    if not train.any():
+        raise DataError(
+            f"no training rows left: every label has fewer than {minimum} rows (cleaning.min_rows_per_label; "
+            f"{rows.summary()})"
+        )
+    return task.encode_targets(rows.raw_target, train), found
 
 
 def _tokenizer_for(config: PipelineConfig, storage: Storage) -> Any:
@@ -252,6 +288,13 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
         duplicate[alive[first]] = False
         rows.reject(duplicate, "duplicate")
 
+    # rare labels: too few rows to split or learn from (before the split, which would otherwise fall back to an
+    # unstratified one and leave the label's only row in one split)
+    rare_labels: dict[str, int] = {}
+    if task.label_strata and cleaning.min_rows_per_label > 1:
+        targets, rare_labels = _reject_rare_labels(rows, task, targets, cleaning.min_rows_per_label)
+        key = targets.key
+
     if not rows.alive.any():
         raise DataError(f"no rows left after cleaning: all {n} input rows were rejected ({rows.summary()})")
 
@@ -299,6 +342,7 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
         config, task, inputs, rows, frames, targets, counts, rejected, split_info, tokens, token_info, split, kept,
         data_fingerprint,
     )
+    report["rare_labels"] = rare_labels
     uris = {name: join(output_uri, f"{name}.parquet") for name in (*SPLITS, "quarantine")}
     for kind, extension in (("json", "json"), ("markdown", "md"), ("html", "html")):
         uris[f"report_{kind}"] = join(output_uri, f"report.{extension}")
@@ -529,6 +573,13 @@ def _document(report: dict[str, Any], tokens: np.ndarray, split: np.ndarray, kep
     document.items(split_lines)
     document.section("Quarantined rows by reason")
     document.table(["reason", "rows"], [[name, n] for name, n in report["rejected"].items()])
+    if report["rare_labels"]:
+        minimum = report["cleaning"]["min_rows_per_label"]
+        document.text(
+            f"Labels with fewer than {minimum} rows (`rare_label`, every row quarantined): "
+            + ", ".join(f"`{label}` ({count})" for label, count in report["rare_labels"].items())
+            + "."
+        )
     if "rejected" in pictures:
         document.image(pictures["rejected"], "rejections")
     distribution = report["target_distribution"]

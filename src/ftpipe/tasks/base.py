@@ -89,6 +89,10 @@ class Task(ABC):
     lora_targets: ClassVar[str | None] = None
     """The modules LoRA adapts unless ``training.lora_target_modules`` names them: None for peft's default of the
     model family, or ``all-linear`` (every linear layer but the output layer)."""
+    label_strata: ClassVar[bool] = False
+    """``Targets.strata`` are indices into ``Targets.labels`` (a row's label, or its rarest one): clean_data then
+    quarantines the rows of a label with fewer than ``cleaning.min_rows_per_label`` rows as ``rare_label``. False
+    where the strata are something else (score bins, entity ranks, completions) or there are none."""
     one_target_per_text: ClassVar[bool] = True
     """A text with two different targets is a contradiction (quarantined as ``conflicting_labels``); False where
     one input may have several right outputs (a prompt and its replies)."""

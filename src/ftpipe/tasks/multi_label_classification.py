@@ -314,6 +314,7 @@ class MultiLabelClassification(Task):
     pipeline_tag = "text-classification"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    label_strata = True  # the split is stratified on each row's rarest label
 
     # -- data ----------------------------------------------------------------------------------
 

@@ -147,6 +147,7 @@ class TextClassification(Task):
     pipeline_tag = "text-classification"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    label_strata = True  # the split is stratified on the label itself
 
     # -- data ----------------------------------------------------------------------------------
 
