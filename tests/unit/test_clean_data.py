@@ -558,6 +558,55 @@ def test_unreadable_files_are_data_errors(tmp_path, make_config, name, content, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        # the first data row: pandas would take its first field for an index and shift every column
+        ("first.csv", "text,label\nhello, world,a\nfine,b\n", "line 2 \\(data row 1\\) has 3 fields"),
+        # after a text with quoted newlines: the physical line, not the record's number (pandas says line 4)
+        ("later.csv", 'text,label\nfine,a\n"multi\nline\ntext",b\nhello, world,a\nok,b\n', "line 6 \\(data row 3\\)"),
+        ("later.tsv", "text\tlabel\nfine\ta\nhello\tworld\ta\tb\n", "line 3 \\(data row 2\\) has 4 fields"),
+        ("later.csv.gz", "text,label\nfine,a\nok,b\nhello, world,a\n", "line 4 \\(data row 3\\)"),
+    ],
+)
+def test_a_row_with_more_fields_than_the_header_names_its_line(tmp_path, make_config, name, content, where):
+    import gzip
+
+    data = content.encode()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(DataError, match=f"data.uri .*{name} {where}.* where the header has 2: quote a text") as error:
+        clean_data.run(make_config({"uri": str(tmp_path / name)}), str(tmp_path / "out"))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ragged_csv_stops_ftpipe_run_with_one_line(tmp_path, tiny_bert_dir, capsys):
+    import yaml
+
+    from ftpipe.cli import main
+
+    rows = "".join(f"message {i} about things,{'ab'[i % 2]}\n" for i in range(30))
+    (tmp_path / "d.csv").write_text(f"text,label\n{rows}\"two\nlines\",a\nhello, world,b\n")
+    config = {
+        "data": {"uri": str(tmp_path / "d.csv")},
+        "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+        "registry": {"uri": str(tmp_path / "registry"), "model_name": "m"},
+        "storage": {"artifact_root": str(tmp_path / "runs")},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--local", "--config", str(tmp_path / "config.yaml")]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("ftpipe: error: clean_data: data.uri ") and "d.csv line 34 (data row 32) has 3 fields" in err
+
+
+def test_rows_with_fewer_fields_still_read(tmp_path, make_config):
+    lines = [f"message {i} about things,{'ab'[i % 2]}" for i in range(40)] + ["a row with no label"]
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(lines) + "\n")
+    result = clean_data.run(make_config({"uri": str(tmp_path / "d.csv")}), str(tmp_path / "out"))
+    assert result.rejected["missing_label"] == 1 and sum(result.counts.values()) == 40
+
+
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
 def test_missing_columns_name_the_columns_that_exist(tmp_path, make_config, ext):
     frame = pd.DataFrame({"body": ["hello there"] * 3, "label": ["a", "b", "a"]})

@@ -6,7 +6,11 @@ Each reader returns the columns the task asks for, as read, in file order; bad i
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ from ftpipe.storage import Storage
 logger = logging.getLogger(__name__)
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".tar")
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -91,30 +96,81 @@ def _missing_column_error(source: Source, columns: Sequence[str], wanted: dict[s
     return DataError(f"{source.setting} {source.uri} has no column {' or '.join(missing)}; its columns are: {have}")
 
 
+_RAGGED_WARNING = "Length of header or names does not match length of data"
+
+
 def _read_csv(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFrame:
+    """The file's columns as text; a row with more fields than the header is a DataError naming its line.
+
+    Without ``usecols`` (which makes pandas drop a row's extra fields without a word) and with
+    ``index_col=False`` (else pandas takes the first column for an index when the first data row has one field
+    too many, and every column shifts), pandas' C parser raises on a later long row and warns on a long first
+    one; either way the file is then read again with the csv module to find the row's physical line.
+    """
     options: dict[str, Any] = {"sep": "\t"} if ".tsv" in path.name.lower() else {}
-    frame = pd.read_csv(
-        path,
-        usecols=lambda column: column in wanted,
-        dtype=str,
-        keep_default_na=False,  # "NA", "null", "nan" are texts (and labels) here, not missing values
-        na_values=[""],
-        encoding="utf-8",
-        **options,
-    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_RAGGED_WARNING, category=pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,  # "NA", "null", "nan" are texts (and labels) here, not missing values
+                na_values=[""],
+                encoding="utf-8",
+                index_col=False,
+                **options,
+            )
+    except (pd.errors.ParserWarning, pd.errors.ParserError) as error:
+        found = _long_row(path, options.get("sep", ","))
+        if found is None:
+            if isinstance(error, pd.errors.ParserWarning):
+                raise pd.errors.ParserError(str(error)) from None
+            raise
+        line, row, fields, header = found
+        raise DataError(
+            f"{source.setting} {source.uri} line {line} (data row {row}) has {fields} fields where the header has "
+            f"{header}: quote a text that holds the delimiter ({options.get('sep', ',')!r})"
+        ) from None
     if not set(wanted) <= set(frame.columns):
         header = pd.read_csv(path, nrows=0, encoding="utf-8", **options).columns
         raise _missing_column_error(source, list(header), wanted)
     return frame
 
 
+def _long_row(path: Path, delimiter: str) -> tuple[int, int, int, int] | None:
+    """(physical line, data row from 1, fields, header fields) of the first row longer than the header, if any.
+
+    Read with the csv module, whose ``line_num`` counts physical lines, so a quoted text spanning several lines
+    moves the count on by all of them; the row's line is the one it starts on.
+    """
+    import csv
+
+    opener = _OPENERS.get(path.suffix.lower())
+    if opener is None and path.suffix.lower() in _COMPRESSION_SUFFIXES:
+        return None  # no line numbers through zip/zstd/tar: pandas' own message stands
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # the default 128 KiB per field would stop at a long (too_long) text
+    try:
+        with (opener or open)(path, "rt", encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                return None
+            start = reader.line_num + 1
+            for row, record in enumerate(reader, start=1):
+                if len(record) > len(header):
+                    return start, row, len(record), len(header)
+                start = reader.line_num + 1
+    except (csv.Error, OSError, EOFError, UnicodeDecodeError):
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    return None
+
+
 def _starts_with_array(path: Path) -> bool:
     """Whether a JSON file holds one array of records rather than JSON Lines (looks at its first bytes)."""
-    import bz2
-    import gzip
-    import lzma
-
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    opener = _OPENERS.get(path.suffix.lower(), open)
     try:
         with opener(path, "rb") as handle:
             head = handle.read(4096)
