@@ -31,7 +31,7 @@ def finetune(
         run_id,
         lambda config, out, storage: step.run(
             config,
-            data.train_uri,
+            chosen.train_uri or data.train_uri,  # select_model's copy without suspected mislabels (quarantine)
             data.validation_uri,
             data.labels,
             chosen.selected,

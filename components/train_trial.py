@@ -32,10 +32,10 @@ def train_trial(
         lambda config, out, storage: step.run(
             config,
             planned,
-            data.train_uri,
+            chosen.train_uri or data.train_uri,  # select_model's copy without suspected mislabels (quarantine)
             data.validation_uri,
             data.labels,
-            data.counts["train"],
+            data.counts["train"] if chosen.train_rows is None else chosen.train_rows,
             chosen.selected,
             sweep_uri,
             storage=storage,

@@ -90,8 +90,19 @@ class SkippedCandidate(_Record):
     reason: str
 
 
+class SuspectedLabel(_Record):
+    """A train row whose label the selected candidate's out-of-fold probe doubts (confident learning)."""
+
+    row: int  # position in the cleaned train split
+    text: str  # an excerpt
+    given: str
+    suggested: str  # the most probable label other than the given one
+    confidence: float  # out-of-fold probability of the suggested label
+    given_probability: float  # out-of-fold probability of the given label (its self-confidence)
+
+
 class SelectModelResult(StepResult):
-    """The chosen candidate, the full ranking (best first) and the skipped candidates."""
+    """The chosen candidate, the full ranking (best first), the skipped candidates and suspected mislabels."""
 
     selected: CandidateScore
     ranking: list[CandidateScore]
@@ -99,6 +110,13 @@ class SelectModelResult(StepResult):
     report_markdown_uri: str
     report_html_uri: str
     report_json_uri: str
+    label_noise: str = "off"  # report | quarantine | off (the setting) | not_applicable (the task has no classes)
+    label_noise_checked_rows: int = 0  # the probed train rows that were checked
+    label_issue_count: int = 0
+    label_issues: list[SuspectedLabel] = []  # the most doubtful first, at most LABEL_ISSUES_LISTED
+    train_uri: str | None = None  # quarantine: the train split without the suspects, for finetune; else None
+    train_rows: int | None = None  # quarantine: the rows of train_uri
+    label_issues_uri: str | None = None  # quarantine: the rows taken out, with their suggested labels
 
 
 class FinetuneResult(StepResult):

@@ -52,11 +52,13 @@ def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: 
     """The lineage dict from the results of clean_data, select_model and finetune."""
     data_uris = {
         "cleaned": cleaned.output_uri,
-        "train": cleaned.train_uri,
+        "train": selection.train_uri or cleaned.train_uri,  # select_model's copy when it quarantined mislabels
         "validation": cleaned.validation_uri,
         "test": cleaned.test_uri,
         "quarantine": cleaned.quarantine_uri,
     }
+    if selection.label_issues_uri is not None:
+        data_uris["label_issues"] = selection.label_issues_uri
     cleaning = {f"rows_{split}": rows for split, rows in cleaned.counts.items()}
     cleaning |= {f"rejected_{reason}": rows for reason, rows in cleaned.rejected.items()}
     training = trained.model_dump(

@@ -12,8 +12,19 @@ mean-pooled embeddings, scored by macro-F1), scored on up to ``probe_validation_
 Candidates are ranked by ``probe_value - cost_weight * log10(num_parameters)``, so a much larger model must
 earn its cost.
 
+Label noise (``selection.label_noise``, default ``report``): for the selected candidate, the probe's own
+train features are cross-validated (``selection.label_noise_folds`` stratified folds, seeded) and
+confident learning (cleanlab, ``ftpipe.data.label_noise``) flags the probed train rows whose given label the
+out-of-fold probe doubts; the report, the result and the log list them with their suggested labels. Only the
+probed rows are checked (``probe_train_rows``). A task whose probe hands back no class features
+(``ProbeScore.train_features``: every task but text_classification) is marked ``not_applicable``. With
+``quarantine``, ``train.parquet`` (the cleaned train split less the suspects) and ``label_issues.parquet``
+(the rows taken out, with the reason ``label_issue`` and the suggested label) are written under this step's
+``output_uri`` - the cleaned artifact is shared by every run that caches it and is never changed - and
+``SelectModelResult.train_uri`` points finetune at the new split.
+
 Run it as ``run(config, train_uri, validation_uri, labels, output_uri)``; it writes ``report.md``,
-``report.html`` and ``report.json`` (the ranking table) under ``output_uri``.
+``report.html`` and ``report.json`` (the ranking table and the suspected mislabels) under ``output_uri``.
 """
 
 from __future__ import annotations
@@ -26,18 +37,21 @@ import os
 import struct
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ftpipe import models, reports
 from ftpipe.config import CandidateConfig, PipelineConfig
+from ftpipe.data import label_noise
 from ftpipe.errors import DataError, FtpipeError, ModelError
-from ftpipe.results import CandidateScore, SelectModelResult, SkippedCandidate
+from ftpipe.results import CandidateScore, SelectModelResult, SkippedCandidate, SuspectedLabel
 from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
 from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
-from ftpipe.tasks.base import first_line, stratified_sample
+from ftpipe.tasks.base import TEXT, ProbeFeatures, first_line, stratified_sample
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,7 @@ LIBRARIES = (
     *TOKENIZER_LIBRARIES,
     "sklearn.linear_model",
     "sklearn.model_selection",
+    "cleanlab",
     *REPORT_LIBRARIES,
 )
 
@@ -146,8 +161,9 @@ def _score_candidate(
     task: Task,
     train: pd.DataFrame,
     validation: pd.DataFrame,
-) -> CandidateScore:
-    """Check one candidate's constraints and probe it; raises _Skip with the reason when it is left out."""
+) -> tuple[CandidateScore, ProbeFeatures | None]:
+    """Check one candidate's constraints and probe it, with the probe's train features where the task has them;
+    raises _Skip with the reason when it is left out."""
     import torch
 
     selection = config.selection
@@ -206,7 +222,7 @@ def _score_candidate(
         score,
         seconds,
     )
-    return CandidateScore(
+    scored = CandidateScore(
         name=candidate.name,
         source=candidate.source,
         license=license_id,
@@ -217,6 +233,7 @@ def _score_candidate(
         score=round(score, 6),
         probe_seconds=round(seconds, 3),
     )
+    return scored, probed.train_features
 
 
 # -- the step -----------------------------------------------------------------------------------
@@ -254,7 +271,12 @@ def run(
 
     selection = config.selection
     seed = config.training.seed
-    train = stratified_sample(train, selection.probe_train_rows, seed, task.strata(train))
+    # Sampling positions picks the same rows as sampling the frame, and keeps each probed row's place in the
+    # cleaned split for the label-noise report and the quarantine.
+    positions = pd.DataFrame({"row": np.arange(len(train))})
+    train_rows = stratified_sample(positions, selection.probe_train_rows, seed, task.strata(train))["row"].to_numpy()
+    cleaned_rows = len(train)
+    train = train.iloc[train_rows].reset_index(drop=True)
     validation = stratified_sample(validation, selection.probe_validation_rows, seed, task.strata(validation))
     if not torch.cuda.is_available():
         torch.set_num_threads(available_cpus())
@@ -267,24 +289,33 @@ def run(
 
     ranking: list[CandidateScore] = []
     skipped: list[SkippedCandidate] = []
+    best_features: ProbeFeatures | None = None  # the best candidate's so far: one feature matrix in memory
     for candidate in config.candidates:
         try:
-            ranking.append(_score_candidate(candidate, config, storage, task, train, validation))
+            scored, probe_features = _score_candidate(candidate, config, storage, task, train, validation)
         except _Skip as reason:
             logger.warning("skipping candidate %s (%s): %s", candidate.name, candidate.source, reason)
             skipped.append(SkippedCandidate(name=candidate.name, source=candidate.source, reason=str(reason)))
+            continue
+        if not ranking or _rank_key(scored) < min(_rank_key(item) for item in ranking):
+            best_features = probe_features
+        ranking.append(scored)
 
     if not ranking:
         details = "; ".join(f"{item.name}: {item.reason}" for item in skipped)
         raise ModelError(f"no usable candidate model ({details})")
-    # Best score first; ties go to the smaller model, then to the config's order (sort is stable).
-    ranking.sort(key=lambda item: (-item.score, item.num_parameters))
+    ranking.sort(key=_rank_key)
     selected = ranking[0]
     logger.info("selected candidate %s (score %.4f)", selected.name, selected.score)
+    noise = _check_label_noise(
+        config, storage, best_features, train, train_rows, labels, train_uri, output_uri, cleaned_rows
+    )
 
     uris = {kind: join(output_uri, f"report.{kind}") for kind in ("md", "html", "json")}
-    storage.write_text(uris["md"], _markdown(selected, ranking, skipped), content_type="text/markdown")
-    storage.write_text(uris["html"], _html(selected, ranking, skipped, selection.cost_weight), content_type="text/html")
+    storage.write_text(uris["md"], _markdown(selected, ranking, skipped, noise), content_type="text/markdown")
+    storage.write_text(
+        uris["html"], _html(selected, ranking, skipped, selection.cost_weight, noise), content_type="text/html"
+    )
     storage.write_json(
         uris["json"],
         {
@@ -294,6 +325,7 @@ def run(
             "cost_weight": selection.cost_weight,
             "probe_train_rows": len(train),
             "probe_validation_rows": len(validation),
+            "label_noise": noise.summary(),
         },
     )
     return SelectModelResult(
@@ -303,7 +335,118 @@ def run(
         report_markdown_uri=uris["md"],
         report_html_uri=uris["html"],
         report_json_uri=uris["json"],
+        label_noise=noise.mode,
+        label_noise_checked_rows=noise.checked_rows,
+        label_issue_count=noise.count,
+        label_issues=noise.listed,
+        train_uri=noise.train_uri,
+        train_rows=noise.train_rows,
+        label_issues_uri=noise.issues_uri,
     )
+
+
+def _rank_key(item: CandidateScore) -> tuple[float, int]:
+    """Best score first; ties go to the smaller model, then to the config's order (sorting is stable)."""
+    return (-item.score, item.num_parameters)
+
+
+# -- label noise --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Noise:
+    mode: str
+    checked_rows: int = 0
+    count: int = 0
+    listed: list[SuspectedLabel] = field(default_factory=list)
+    folds: int = 0
+    note: str | None = None
+    train_uri: str | None = None
+    train_rows: int | None = None
+    issues_uri: str | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "checked_rows": self.checked_rows,
+            "folds": self.folds,
+            "count": self.count,
+            "note": self.note,
+            "train_uri": self.train_uri,
+            "train_rows": self.train_rows,
+            "label_issues_uri": self.issues_uri,
+            "listed": [item.model_dump() for item in self.listed],
+        }
+
+
+def _check_label_noise(
+    config: PipelineConfig,
+    storage: Storage,
+    probe: ProbeFeatures | None,
+    train: pd.DataFrame,
+    train_rows: np.ndarray,
+    labels: Sequence[str],
+    train_uri: str,
+    output_uri: str,
+    cleaned_rows: int,
+) -> _Noise:
+    """Run ``selection.label_noise`` on the selected candidate's probe features (see the module docstring)."""
+    mode = config.selection.label_noise
+    if mode == "off":
+        return _Noise("off")
+    if probe is None:
+        logger.info("label noise: not checked, %s has no single class per row", config.task.type)
+        return _Noise("not_applicable", note=f"does not apply to {config.task.type} (no single class per row)")
+    started = time.perf_counter()
+    issues = label_noise.find_label_issues(probe, config.selection.label_noise_folds, config.training.seed)
+    if issues.note is not None:
+        logger.warning("label noise: not checked, %s", issues.note)
+        return _Noise(mode, checked_rows=issues.checked_rows, note=issues.note)
+    texts = train[TEXT].tolist()
+    every = label_noise.suspects(issues, train_rows, texts, labels)
+    logger.info(
+        "label noise: %d suspected mislabel(s) among %d probed train rows of %d (%d folds, %.1f s)",
+        len(every),
+        issues.checked_rows,
+        cleaned_rows,
+        issues.folds,
+        time.perf_counter() - started,
+    )
+    for item in every[:10]:
+        logger.info(
+            "label noise: row %d given %r, suggested %r (p=%.2f): %s",
+            item.row,
+            item.given,
+            item.suggested,
+            item.confidence,
+            item.text,
+        )
+    noise = _Noise(
+        mode,
+        checked_rows=issues.checked_rows,
+        count=len(every),
+        listed=every[: label_noise.LABEL_ISSUES_LISTED],
+        folds=issues.folds,
+    )
+    if mode != "quarantine" or not every:
+        return noise
+    # The cleaned split as written (every column), less the suspects; the cleaned artifact itself stays as it is.
+    cleaned = read_split(storage, train_uri, "train")
+    kept = label_noise.without_rows(cleaned, [item.row for item in every])
+    taken = cleaned.iloc[[item.row for item in every]].reset_index(drop=True)
+    taken = taken.assign(
+        row=[item.row for item in every],
+        reason="label_issue",
+        suggested_label=[item.suggested for item in every],
+        confidence=[item.confidence for item in every],
+    )
+    uris = {"train": join(output_uri, "train.parquet"), "issues": join(output_uri, "label_issues.parquet")}
+    storage.write_bytes(uris["issues"], label_noise.parquet_bytes(taken))
+    storage.write_bytes(uris["train"], label_noise.parquet_bytes(kept))
+    logger.info(
+        "label noise: quarantined %d row(s); finetune trains on %s (%d rows)", len(every), uris["train"], len(kept)
+    )
+    return replace(noise, train_uri=uris["train"], train_rows=len(kept), issues_uri=uris["issues"])
 
 
 # -- reports ------------------------------------------------------------------------------------
@@ -331,7 +474,41 @@ def _skip_rows(skipped: Sequence[SkippedCandidate]) -> list[list[object]]:
     return [[item.name, item.source, item.reason] for item in skipped]
 
 
-def _markdown(selected: CandidateScore, ranking: Sequence[CandidateScore], skipped: Sequence[SkippedCandidate]) -> str:
+_ISSUE_COLUMNS = ("train row", "given", "suggested", "p(suggested)", "p(given)", "text")
+
+
+def _issue_rows(noise: _Noise) -> list[list[object]]:
+    return [
+        [item.row, item.given, item.suggested, f"{item.confidence:.3f}", f"{item.given_probability:.3f}", item.text]
+        for item in noise.listed
+    ]
+
+
+def _noise_summary(noise: _Noise, selected: CandidateScore) -> str:
+    """One plain-text paragraph on what the label-noise check did."""
+    if noise.mode == "off":
+        return "Not checked (selection.label_noise: off)."
+    if noise.note is not None:
+        return f"Not checked: {noise.note}."
+    text = (
+        f"{noise.count} suspected mislabel(s) among the {noise.checked_rows} probed train rows: confident learning "
+        f"(cleanlab) on out-of-fold probabilities of {selected.name}'s probe ({noise.folds} stratified folds)."
+    )
+    if noise.count > len(noise.listed):
+        text += f" The {len(noise.listed)} most doubtful are listed."
+    if noise.train_uri is not None:
+        text += f" Quarantined: finetune trains on {noise.train_uri}; the rows taken out are in {noise.issues_uri}."
+    elif noise.count:
+        text += " Reported only (selection.label_noise: report); training uses every row."
+    return text
+
+
+def _markdown(
+    selected: CandidateScore,
+    ranking: Sequence[CandidateScore],
+    skipped: Sequence[SkippedCandidate],
+    noise: _Noise,
+) -> str:
     parts = [
         "# Model selection",
         "",
@@ -343,6 +520,9 @@ def _markdown(selected: CandidateScore, ranking: Sequence[CandidateScore], skipp
     ]
     if skipped:
         parts += ["", "## Skipped", "", reports.markdown_table(("candidate", "source", "reason"), _skip_rows(skipped))]
+    parts += ["", "## Label noise", "", _noise_summary(noise, selected)]
+    if noise.listed:
+        parts += ["", reports.markdown_table(_ISSUE_COLUMNS, _issue_rows(noise))]
     return "\n".join(parts) + "\n"
 
 
@@ -362,6 +542,7 @@ def _html(
     ranking: Sequence[CandidateScore],
     skipped: Sequence[SkippedCandidate],
     cost_weight: float,
+    noise: _Noise,
 ) -> str:
     import html
 
@@ -376,4 +557,8 @@ def _html(
     ]
     if skipped:
         sections.append(("Skipped", reports.html_table(("candidate", "source", "reason"), _skip_rows(skipped))))
+    noise_body = f"<p>{html.escape(_noise_summary(noise, selected))}</p>"
+    if noise.listed:
+        noise_body += reports.html_table(_ISSUE_COLUMNS, _issue_rows(noise))
+    sections.append(("Label noise", noise_body))
     return reports.html_page("Model selection", sections)

@@ -63,12 +63,27 @@ class Targets:
 
 
 @dataclass(frozen=True)
+class ProbeFeatures:
+    """What a single-label probe was fitted on, kept for the label-noise check (``ftpipe.data.label_noise``) so
+    that the train rows are not embedded twice."""
+
+    features: np.ndarray
+    """One row of frozen-encoder features per probed train row."""
+    given: np.ndarray
+    """The class index each row is labelled with."""
+    classifier: Any
+    """An unfitted copy of the probe's scikit-learn classifier (it has ``predict_proba``)."""
+
+
+@dataclass(frozen=True)
 class ProbeScore:
     """How well a frozen encoder's features predict the target: ``value`` is higher-is-better."""
 
     metric: str
     value: float
     details: dict[str, float]
+    train_features: ProbeFeatures | None = None
+    """Set by tasks with one class per row; None where a label-noise check does not apply to the task."""
 
 
 class Task(ABC):

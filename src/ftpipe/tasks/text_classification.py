@@ -9,7 +9,9 @@ the training rows) as ``unknown_label``. The split is stratified by label. Clean
 Model: a new classification head, ``id2label`` from the labels; cross-entropy (with
 ``training.label_smoothing``). Metrics: accuracy, macro/weighted F1, macro precision and recall, per-class
 precision/recall/F1/support (scikit-learn), the confusion matrix. Probe: a logistic regression with balanced
-class weights on mean-pooled frozen embeddings, scored by macro-F1.
+class weights on mean-pooled frozen embeddings, scored by macro-F1; its train features and classifier are
+handed back for the label-noise check (``selection.label_noise``: confident learning on out-of-fold
+probabilities of the same probe).
 
 The gate: when the production model's label set differs from the new one (a label added, removed or renamed),
 per-class and macro scores of the two are not comparable, so the comparison falls back to **accuracy** on this
@@ -28,6 +30,7 @@ import pandas as pd
 from ftpipe.errors import DataError
 from ftpipe.tasks.base import (
     TEXT,
+    ProbeFeatures,
     ProbeScore,
     Table,
     Targets,
@@ -270,6 +273,7 @@ class TextClassification(Task):
     # -- probe ---------------------------------------------------------------------------------
 
     def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
+        from sklearn.base import clone
         from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import accuracy_score, f1_score
         from sklearn.pipeline import make_pipeline
@@ -282,11 +286,14 @@ class TextClassification(Task):
         validation_x = embed(validation[TEXT].tolist(), tokenizer, encoder, max_length)
         # Balanced class weights: the ranking metric is macro-F1, which rewards the minority classes.
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
-        classifier.fit(train_x, train["label_id"].to_numpy())
+        given = train["label_id"].to_numpy()
+        features = ProbeFeatures(train_x, given, clone(classifier))  # cloned before the fit: unfitted
+        classifier.fit(train_x, given)
         predicted = classifier.predict(validation_x)
         truth = validation["label_id"].to_numpy()
         f1 = float(f1_score(truth, predicted, average="macro", zero_division=0))
-        return ProbeScore("f1_macro", f1, {"f1_macro": f1, "accuracy": float(accuracy_score(truth, predicted))})
+        details = {"f1_macro": f1, "accuracy": float(accuracy_score(truth, predicted))}
+        return ProbeScore("f1_macro", f1, details, train_features=features)
 
     # -- prediction ----------------------------------------------------------------------------
 
