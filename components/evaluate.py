@@ -32,7 +32,14 @@ def evaluate(
         config_json,
         run_id,
         lambda config, out, storage: step.run(
-            config, data.test_uri, data.labels, trained.model_uri, out, storage=storage, run_id=run_id
+            config,
+            data.test_uri,
+            data.labels,
+            trained.model_uri,
+            out,
+            storage=storage,
+            run_id=run_id,
+            train_uri=data.train_uri,  # the baselines are fitted on it
         ),
         step.LIBRARIES,
     )
@@ -42,6 +49,9 @@ def evaluate(
     for name, value in result.metrics.items():  # the task's scalar metrics; details (per class, ...) are in the report
         if isinstance(value, int | float) and not isinstance(value, bool):
             metrics.log_metric(name, value)
+    for baseline in result.baselines:  # beside the model's, as the report has them
+        for name, value in baseline.metrics.items():
+            metrics.log_metric(f"baseline_{baseline.name}_{name}", value)
     if result.production is not None:
         metrics.log_metric("production_version", result.production.version)
     if result.confusion_matrix:  # only tasks with one confusion matrix (single-label classification) have it

@@ -337,6 +337,19 @@ class GateConfig(StrictModel):
         description="Absolute bounds on test metrics, {metric: bound}: a floor for a metric where higher is "
         "better (accuracy, f1_macro), a ceiling where lower is better (rmse, mae).",
     )
+    bootstrap_resamples: int = Field(
+        1000,
+        ge=20,
+        description="Bootstrap resamples of the test rows behind every 95% interval and the paired comparisons "
+        "with production and the baselines (percentile intervals; 1,000 is the usual count for 95% bounds).",
+    )
+    bootstrap_seed: int = Field(0, description="Seed of the resamples: the same test split gets the same intervals.")
+    linear_baseline: Literal["require", "report"] = Field(
+        "require",
+        description="`require`: the model must beat the TF-IDF + linear baseline trained on the train split on the "
+        "gate metric; `report`: its scores are reported, its comparison is a note. The constant baseline "
+        "(majority class, mean) is always required.",
+    )
 
 
 class RegistryConfig(StrictModel):

@@ -160,6 +160,23 @@ class ProductionComparison(_Record):
     compared_metric: str
     metrics: dict[str, Any]
     delta: dict[str, float]  # new minus production, for each of the task's metrics
+    intervals: dict[str, list[float]] = {}  # metric -> [low, high], its 95% bootstrap interval on these rows
+    # metric -> [low, high]: 95% paired bootstrap interval of new minus production over the same resamples
+    delta_intervals: dict[str, list[float]] = {}
+
+
+class BaselineScore(_Record):
+    """A baseline (majority class, mean, TF-IDF + linear model) scored on the same test rows as the model."""
+
+    name: str
+    kind: str  # constant | linear
+    description: str
+    required: bool  # the gate requires the model to beat it (constant always; linear unless gate.linear_baseline)
+    compared_metric: str  # the gate metric it is compared on
+    metrics: dict[str, float]
+    intervals: dict[str, list[float]]  # metric -> [low, high], 95% bootstrap interval
+    delta: dict[str, float]  # the model minus the baseline
+    delta_intervals: dict[str, list[float]]  # metric -> [low, high]: 95% paired bootstrap interval of the delta
 
 
 class EvaluateResult(StepResult):
@@ -180,6 +197,9 @@ class EvaluateResult(StepResult):
     report_markdown_uri: str
     report_json_uri: str
     predictions_uri: str
+    intervals: dict[str, list[float]] = {}  # metric -> [low, high], the model's 95% bootstrap interval
+    baselines: list[BaselineScore] = []  # on the same test rows and resamples
+    bootstrap_resamples: int = 0  # resamples behind the intervals (0: none computed)
 
 
 class RegisterModelResult(StepResult):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import math
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -38,11 +39,13 @@ from ftpipe import models, reports, tracking
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import DataError, ModelError
 from ftpipe.registry import ModelRegistry
-from ftpipe.results import EvaluateResult, ProductionComparison
+from ftpipe.results import BaselineScore, EvaluateResult, ProductionComparison
 from ftpipe.steps import MODEL_LIBRARIES, REPORT_LIBRARIES, TOKENIZER_LIBRARIES
 from ftpipe.steps.select_model import read_checked_split
 from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
+from ftpipe.tasks.base import CONSTANT, Baseline, first_line
+from ftpipe.tasks.bootstrap import percentile_interval, resample_chunks
 from ftpipe.training import adapters
 
 logger = logging.getLogger(__name__)
@@ -50,9 +53,10 @@ logger = logging.getLogger(__name__)
 LIBRARIES = (*MODEL_LIBRARIES, *TOKENIZER_LIBRARIES, "sklearn.metrics", *REPORT_LIBRARIES)
 
 PRODUCTION_ALIAS = "production"
+MODEL = "model"  # the new model's key among the prediction sets that are bootstrapped together
 _EPSILON = 1e-9  # float slack so that "equal to the threshold" passes
 
-__all__ = ["EvaluateResult", "ProductionComparison", "gate_decision", "run"]
+__all__ = ["BaselineScore", "EvaluateResult", "ProductionComparison", "bootstrap", "gate_decision", "run"]
 
 
 def _predict(task: Task, model_dir: str, frame: pd.DataFrame, storage: Storage) -> tuple[pd.DataFrame, list[str]]:
@@ -67,14 +71,65 @@ def _scalars(task: Task, metrics: dict[str, Any]) -> dict[str, float]:
     return {name: float(metrics[name]) for name in task.settings.metrics if name in metrics}
 
 
+def bootstrap(
+    task: Task,
+    test: pd.DataFrame,
+    prediction_sets: dict[str, pd.DataFrame],
+    labels: Sequence[str],
+    resamples: int,
+    seed: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every metric of every prediction set on the same ``resamples`` bootstrap resamples of the test rows.
+
+    Returns ``{set name: {metric: values per resample}}``. The resamples are drawn once (``seed``) and shared by
+    all sets, so that the difference of two sets on one resample is a paired difference.
+    """
+    parts: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in prediction_sets}
+    for weights in resample_chunks(len(test), resamples, seed):
+        for name, predictions in prediction_sets.items():
+            for metric, values in task.resampled_metrics(test, predictions, labels, weights).items():
+                parts[name].setdefault(metric, []).append(np.asarray(values, dtype=np.float64))
+    return {
+        name: {metric: np.concatenate(chunks) for metric, chunks in metrics.items()} for name, metrics in parts.items()
+    }
+
+
+def _intervals(resampled: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    return {metric: list(percentile_interval(values)) for metric, values in resampled.items()}
+
+
+def _delta_intervals(new: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    with np.errstate(invalid="ignore"):  # inf - inf (a model lacking a target on both sides) is NaN: left out
+        return {metric: list(percentile_interval(new[metric] - old[metric])) for metric in new if metric in old}
+
+
+def _improvement(task: Task, metric: str, delta: float, interval: Sequence[float] | None) -> tuple[float, float, float]:
+    """(point, low, high) of the improvement of the new model in the metric's direction (delta = new - other)."""
+    low, high = interval if interval else (delta, delta)
+    if task.higher_is_better(metric):
+        return delta, low, high
+    return -delta, -high, -low
+
+
+def _interval_text(low: float, high: float) -> str:
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
 def gate_decision(
     config: PipelineConfig,
     task: Task,
     metrics: dict[str, Any],
     production: ProductionComparison | None,
     labels: Sequence[str] = (),
+    baselines: Sequence[BaselineScore] = (),
 ) -> tuple[bool, list[str]]:
-    """Apply the gate; returns (passed, one line per check with its numbers)."""
+    """Apply the gate; returns (passed, one line per check with its numbers).
+
+    The checks, in order: each ``gate.thresholds`` bound (on the point estimate); each baseline, on the gate
+    metric (a constant baseline: the improvement and the lower bound of its 95% paired interval both above 0; a
+    linear one: the improvement above 0, or a note under ``gate.linear_baseline: report``); production, on its
+    compared metric (the lower bound of the paired 95% interval of the improvement at least ``-gate.tolerance``).
+    """
     gate, model_name = config.gate, config.registry.model_name
     reasons: list[str] = []
     passed = True
@@ -92,8 +147,34 @@ def gate_decision(
         else:
             ok = value - _EPSILON <= bound
             check(ok, f"{metric} {value:.4f} {'<=' if ok else '>'} threshold {bound:.4f}")
+
+    metric = config.gate_metric
+    for baseline in baselines:
+        new, theirs = float(metrics[metric]), float(baseline.metrics.get(metric, float("nan")))
+        head = f"{metric} {new:.4f} vs the {baseline.name} baseline {theirs:.4f} ({baseline.description})"
+        if not math.isfinite(theirs):
+            reasons.append(f"note: {head}: the baseline has no {metric}, not compared")
+            continue
+        point, low, high = _improvement(task, metric, new - theirs, baseline.delta_intervals.get(metric))
+        numbers = f"improvement {point:+.4f}, 95% paired interval {_interval_text(low, high)}"
+        if baseline.kind == CONSTANT:
+            # A constant answer has learned nothing but the targets' distribution: the model must beat it by more
+            # than the noise of this test split, not only on the point estimate.
+            ok = point > _EPSILON and low > 0
+            check(ok, f"{head}: {numbers}{'' if ok else '; needs the improvement and its lower bound above 0'}")
+            continue
+        # A linear model on TF-IDF is often nearly as good: requiring a significant win over it on a few hundred
+        # test rows would reject models that are as good or better; the point estimate must be better.
+        significance = "significant" if low > 0 else "not significant on these rows"
+        ok = point > _EPSILON
+        text = f"{head}: {numbers} ({significance})"
+        if baseline.required:
+            check(ok, f"{text}{'' if ok else '; needs an improvement above 0'}")
+        else:
+            reasons.append(f"note: {text}; reported only (gate.linear_baseline: report)")
+
     if production is None:
-        check(True, f"no production version of '{model_name}' (alias '{PRODUCTION_ALIAS}' unset): nothing to beat")
+        reasons.append(f"note: no production version of '{model_name}' (alias '{PRODUCTION_ALIAS}' unset)")
         return passed, reasons
     metric = production.compared_metric
     if not production.same_labels:
@@ -103,18 +184,15 @@ def gate_decision(
             f"every row whose label it cannot predict), not on {config.gate_metric}"
         )
     new, old = float(metrics[metric]), float(production.metrics[metric])
-    if task.higher_is_better(metric):
-        threshold = old - gate.tolerance
-        ok = new + _EPSILON >= threshold
-        relation, sign = (">=" if ok else "<"), "-"
-    else:
-        threshold = old + gate.tolerance
-        ok = new - _EPSILON <= threshold
-        relation, sign = ("<=" if ok else ">"), "+"
+    point, low, high = _improvement(task, metric, new - old, production.delta_intervals.get(metric))
+    # "No worse": the lower bound of the paired improvement is at least -tolerance. Identical predictions (an
+    # interval of exactly 0) pass with tolerance 0; a merely equal model needs a tolerance to pass.
+    ok = low + _EPSILON >= -gate.tolerance if math.isfinite(low) else point + _EPSILON >= -gate.tolerance
     check(
         ok,
-        f"{metric} {new:.4f} {relation} production v{production.version} {metric} {old:.4f} "
-        f"{sign} tolerance {gate.tolerance:.4f} = {threshold:.4f} (delta {new - old:+.4f})",
+        f"{metric} {new:.4f} vs production v{production.version} {old:.4f}: improvement {point:+.4f}, 95% paired "
+        f"interval {_interval_text(low, high)}; lower bound {low:+.4f} {'>=' if ok else '<'} -{gate.tolerance:.4f} "
+        "(minus gate.tolerance)",
     )
     return passed, reasons
 
@@ -128,24 +206,31 @@ def run(
     storage: Storage | None = None,
     registry: ModelRegistry | None = None,
     run_id: str | None = None,
+    train_uri: str | None = None,
 ) -> EvaluateResult:
-    """Score ``model_uri`` on the test split, compare with production, apply the gate, write the reports.
+    """Score ``model_uri`` on the test split, compare with production and the baselines, apply the gate, report.
+
+    ``train_uri`` is the cleaned train split the baselines are fitted on; without it the constant baseline is
+    fitted on the test rows (harder to beat) and a required linear baseline fails the gate, as it cannot be
+    trained.
 
     With ``tracking.mlflow_uri`` set, the test metrics and the verdict go to the MLflow run of pipeline run
     ``run_id`` too (``ftpipe.tracking``; nothing is tracked when ``run_id`` is None).
 
     Raises:
-        DataError: the test split is unreadable or does not fit ``labels``.
+        DataError: the test or train split is unreadable or does not fit ``labels``.
         ModelError: a model cannot be loaded, or the new model's outputs are not ``labels``.
         RegistryError: the production version cannot be read from the registry.
     """
     storage = storage or Storage(config.storage)
     registry = registry or ModelRegistry(storage, config.registry.uri)
     task = get_task(config)
+    gate = config.gate
     labels = [str(label) for label in labels]
     if not labels or len(set(labels)) != len(labels):
         raise DataError(f"need distinct model outputs, got {labels}")
     test = read_checked_split(storage, test_uri, "test", task, labels)
+    train = read_checked_split(storage, train_uri, "train", task, labels) if train_uri else None
 
     logger.info("evaluating %s on %d test rows", model_uri, len(test))
     predictions, new_labels = _predict(task, models.resolve_source(model_uri, storage), test, storage)
@@ -155,16 +240,26 @@ def run(
     matrix = task.confusion(test, predictions, labels)
     table = test.assign(**task.prediction_columns(predictions))
 
-    production = None
+    prediction_sets = {MODEL: predictions}
     found = registry.resolve_alias(config.registry.model_name, PRODUCTION_ALIAS)
     if found is not None:
         logger.info("scoring production version %d of %s on the same rows", found.version, found.name)
         with tempfile.TemporaryDirectory(prefix="ftpipe-production-") as scratch:
             registry.download(found.name, found.version, scratch)
             prod_predictions, prod_labels = _predict(task, scratch, test, storage)
-        prod_metrics = task.test_metrics(test, prod_predictions, labels)
+        prediction_sets[PRODUCTION_ALIAS] = prod_predictions
+        prod_columns = task.prediction_columns(prod_predictions)
+        table = table.assign(**{f"production_{name}": values for name, values in prod_columns.items()})
+    baselines = _baselines(task, train, test, labels)
+    prediction_sets |= {f"baseline:{baseline.name}": baseline.predictions for baseline in baselines}
+    resampled = bootstrap(task, test, prediction_sets, labels, gate.bootstrap_resamples, gate.bootstrap_seed)
+
+    new_scalars = _scalars(task, metrics)
+    production = None
+    if found is not None:
+        prod_metrics = task.test_metrics(test, prediction_sets[PRODUCTION_ALIAS], labels)
+        prod_scalars = _scalars(task, prod_metrics)
         same = set(prod_labels) == set(labels)
-        new_scalars, prod_scalars = _scalars(task, metrics), _scalars(task, prod_metrics)
         production = ProductionComparison(
             version=found.version,
             model_uri=found.model_uri,
@@ -173,11 +268,40 @@ def run(
             compared_metric=task.comparison_metric(config.gate_metric, same),
             metrics=prod_metrics,
             delta={key: new_scalars[key] - prod_scalars[key] for key in new_scalars if key in prod_scalars},
+            intervals=_intervals(resampled[PRODUCTION_ALIAS]),
+            delta_intervals=_delta_intervals(resampled[MODEL], resampled[PRODUCTION_ALIAS]),
         )
-        prod_columns = task.prediction_columns(prod_predictions)
-        table = table.assign(**{f"production_{name}": values for name, values in prod_columns.items()})
+    scores = []
+    for baseline in baselines:
+        theirs = _scalars(task, task.test_metrics(test, baseline.predictions, labels))
+        key = f"baseline:{baseline.name}"
+        scores.append(
+            BaselineScore(
+                name=baseline.name,
+                kind=baseline.kind,
+                description=baseline.description,
+                required=baseline.kind == CONSTANT or gate.linear_baseline == "require",
+                compared_metric=config.gate_metric,
+                metrics=theirs,
+                intervals=_intervals(resampled[key]),
+                delta={name: new_scalars[name] - theirs[name] for name in new_scalars if name in theirs},
+                delta_intervals=_delta_intervals(resampled[MODEL], resampled[key]),
+            )
+        )
+        table = table.assign(
+            **{
+                f"{baseline.name}_{name}": values
+                for name, values in task.prediction_columns(baseline.predictions).items()
+            }
+        )
 
-    passed, reasons = gate_decision(config, task, metrics, production, labels)
+    passed, reasons = gate_decision(config, task, metrics, production, labels, scores)
+    if train is None and task.linear_baseline and gate.linear_baseline == "require":
+        passed = False
+        reasons.append(
+            f"failed: the {task.linear_baseline} baseline is required (gate.linear_baseline: require) but evaluate was "
+            "given no train split to fit it on"
+        )
     logger.info("gate %s: %s", "passed" if passed else "failed", "; ".join(reasons))
 
     result = EvaluateResult(
@@ -196,6 +320,9 @@ def run(
         report_markdown_uri=join(output_uri, "report.md"),
         report_json_uri=join(output_uri, "report.json"),
         predictions_uri=join(output_uri, "predictions.parquet"),
+        intervals=_intervals(resampled[MODEL]),
+        baselines=scores,
+        bootstrap_resamples=gate.bootstrap_resamples,
     )
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
@@ -208,19 +335,57 @@ def run(
     return result
 
 
+def _baselines(task: Task, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+    """The task's baselines; a linear model that cannot be fitted on this text is one clear error line."""
+    try:
+        return task.baselines(train, test, labels)
+    except ValueError as error:  # scikit-learn's "empty vocabulary" and the like
+        raise DataError(f"cannot fit the baselines on the train split: {first_line(error)}") from None
+
+
 # -- reports --------------------------------------------------------------------------------------
 
 
+def _interval_cell(interval: Sequence[float] | None) -> str:
+    return f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+
+
 def _comparison_table(result: EvaluateResult, task: Task) -> reports.Table:
+    """One row per metric: the model with its 95% interval, each baseline, production and the paired delta."""
     keys = [name for name in task.settings.metrics if name in result.metrics]
-    if result.production is None:
-        return reports.Table(["metric", "this model"], [[key, result.metrics[key]] for key in keys])
+    columns = ["metric", "this model", "95% interval"]
+    columns += [f"{baseline.name} baseline" for baseline in result.baselines]
     prod = result.production
-    return reports.Table(
-        ["metric", "this model", f"production v{prod.version}", "delta"],
-        [[key, result.metrics[key], prod.metrics.get(key, float("nan")), prod.delta.get(key, float("nan"))]
-         for key in keys],
-    )
+    if prod is not None:
+        columns += [f"production v{prod.version}", "delta", "delta 95% paired interval"]
+    rows = []
+    for key in keys:
+        row: list[Any] = [key, result.metrics[key], _interval_cell(result.intervals.get(key))]
+        row += [baseline.metrics.get(key, float("nan")) for baseline in result.baselines]
+        if prod is not None:
+            row += [prod.metrics.get(key, float("nan")), prod.delta.get(key, float("nan")),
+                    _interval_cell(prod.delta_intervals.get(key))]  # fmt: skip
+        rows.append(row)
+    return reports.Table(columns, rows)
+
+
+def _baseline_table(result: EvaluateResult) -> reports.Table:
+    rows = []
+    for baseline in result.baselines:
+        key = baseline.compared_metric
+        rows.append(
+            [
+                baseline.name,
+                baseline.description,
+                "required" if baseline.required else "reported",
+                key,
+                baseline.metrics.get(key, float("nan")),
+                _interval_cell(baseline.intervals.get(key)),
+                _interval_cell(baseline.delta_intervals.get(key)),
+            ]
+        )
+    columns = ["baseline", "what it predicts", "gate", "metric", "value", "95% interval", "model - baseline 95%"]
+    return reports.Table(columns, rows)
 
 
 def _verdict(result: EvaluateResult) -> str:
@@ -262,7 +427,14 @@ def report_document(result: EvaluateResult, task: Task) -> reports.Document:
     )
     document.items(result.reasons)
     comparison = _comparison_table(result, task)
-    document.section("Metrics").table(comparison.columns, comparison.rows)
+    document.section("Metrics").text(
+        f"95% percentile intervals from {result.bootstrap_resamples} bootstrap resamples of the test rows; the "
+        "baselines and production are scored on the same rows and resamples (paired)."
+    )
+    document.table(comparison.columns, comparison.rows)
+    if result.baselines:
+        baselines = _baseline_table(result)
+        document.section("Baselines").table(baselines.columns, baselines.rows)
     if result.confusion_matrix:
         document.section("Confusion matrix (rows: true, columns: predicted)")
         document.image(confusion_figure(result.labels, result.confusion_matrix), "confusion matrix")

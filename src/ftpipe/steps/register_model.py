@@ -157,6 +157,10 @@ def run(
         "tolerance": config.gate.tolerance,
         "thresholds": dict(config.gate.thresholds),
         "reasons": evaluation.reasons,
+        "linear_baseline": config.gate.linear_baseline,
+        "bootstrap_resamples": evaluation.bootstrap_resamples,
+        "intervals": evaluation.intervals,  # the model's 95% bootstrap intervals per test metric
+        "baselines": [baseline.model_dump() for baseline in evaluation.baselines],
         "production": evaluation.production.model_dump() if evaluation.production else None,
     }
 

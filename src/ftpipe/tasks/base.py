@@ -108,6 +108,9 @@ class Task(ABC):
     """``Targets.strata`` are indices into ``Targets.labels`` (a row's label, or its rarest one): clean_data then
     quarantines the rows of a label with fewer than ``cleaning.min_rows_per_label`` rows as ``rare_label``. False
     where the strata are something else (score bins, entity ranks, completions) or there are none."""
+    linear_baseline: ClassVar[str | None] = None
+    """The name of the task's linear baseline (``tfidf_logistic``), or None where it has none: the gate
+    requires beating it (``gate.linear_baseline``), so evaluate needs the train split to fit it on."""
     one_target_per_text: ClassVar[bool] = True
     """A text with two different targets is a contradiction (quarantined as ``conflicting_labels``); False where
     one input may have several right outputs (a prompt and its replies)."""
@@ -308,6 +311,34 @@ class Task(ABC):
         """Columns of predictions.parquet from :meth:`predict`'s output (parquet-friendly types)."""
         return {column: predictions[column].to_numpy() for column in predictions.columns}
 
+    # -- bootstrap and baselines (evaluate's gate) -----------------------------------------------
+
+    def resampled_metrics(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Every metric of ``settings.metrics`` on each bootstrap resample of the test rows: ``{metric: [resamples]}``.
+
+        ``weights[b, i]`` is how many times resample ``b`` drew row ``i`` (``ftpipe.tasks.bootstrap``); an all-ones
+        row gives :meth:`test_metrics`' values. This default scores each resample with :meth:`test_metrics`, which
+        is exact but slow; a task whose metrics are sums over rows overrides it with matrix products.
+        """
+        positions = np.arange(len(frame))
+        scored: dict[str, list[float]] = {name: [] for name in self.settings.metrics}
+        for counts in weights:
+            rows = np.repeat(positions, counts)
+            metrics = self.test_metrics(
+                frame.iloc[rows].reset_index(drop=True), predictions.iloc[rows].reset_index(drop=True), labels
+            )
+            for name in scored:
+                scored[name].append(float(metrics.get(name, float("nan"))))
+        return {name: np.asarray(values, dtype=np.float64) for name, values in scored.items()}
+
+    def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+        """Cheap models the fine-tuned one must beat on the same test rows, their predictions in :meth:`predict`'s
+        format. ``train`` is the cleaned train split (None: not given; a constant baseline is then fitted on the
+        test rows themselves, which only makes it harder to beat). None by default."""
+        return []
+
     # -- the model card (register_model) ---------------------------------------------------------
 
     @abstractmethod
@@ -321,6 +352,38 @@ class Task(ABC):
 
 
 # -- helpers the tasks share ------------------------------------------------------------------------
+
+
+CONSTANT, LINEAR = "constant", "linear"  # kinds of baseline: always required; required unless gate.linear_baseline
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A cheap model's predictions of the test split, for the gate.
+
+    Attributes:
+        name: short and stable (``majority``, ``mean``, ``tfidf_logistic``, ...): the report's column, the reasons.
+        kind: ``constant`` (one answer for every row, learned from nothing but the targets: a model that does not
+            beat it has learned nothing) or ``linear`` (TF-IDF and a linear model trained on the train split).
+        description: one line for the report: what it predicts.
+        predictions: one row per test row, in :meth:`Task.predict`'s format.
+    """
+
+    name: str
+    kind: str
+    description: str
+    predictions: pd.DataFrame
+
+
+def tfidf_features(train_texts: Sequence[str], test_texts: Sequence[str]):
+    """TF-IDF of word 1- and 2-grams fitted on train (sublinear term frequencies): (train matrix, test matrix).
+
+    What a user would try first on text; it is cheap (seconds on 100,000 rows) and often strong.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    return vectorizer.fit_transform(list(train_texts)), vectorizer.transform(list(test_texts))
 
 
 def reason_codes(reasons: Sequence[str], names: np.ndarray) -> np.ndarray:

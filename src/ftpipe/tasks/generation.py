@@ -27,7 +27,9 @@ import pandas as pd
 
 from ftpipe.errors import DataError
 from ftpipe.tasks.base import (
+    CONSTANT,
     TEXT,
+    Baseline,
     ProbeScore,
     Table,
     Targets,
@@ -66,6 +68,38 @@ def generation_scores(references: Sequence[str], generated: Sequence[str]) -> di
         "chrf": sacrebleu.corpus_chrf(generated, [references]).score / 100,
         "bleu": sacrebleu.corpus_bleu(generated, [references]).score / 100,
     }
+
+
+def resampled_generation_scores(
+    references: Sequence[str], generated: Sequence[str], nll: np.ndarray, tokens: np.ndarray, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`generation_scores` and :func:`perplexity` on every bootstrap resample (``weights[b, i]``: draws of row
+    i). chrF and BLEU are corpus scores: each resample's score comes from its summed sentence statistics, exactly
+    as sacrebleu sums them for a corpus."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from ftpipe.tasks import bootstrap
+
+    references, generated = [str(text) for text in references], [str(text) for text in generated]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = list(zip(references, generated, strict=True))
+    rouge = np.array([scorer.score(reference, output)["rougeL"].fmeasure for reference, output in pairs])
+    exact = np.array([normalise_answer(reference) == normalise_answer(output) for reference, output in pairs])
+    total = weights.sum(axis=1).astype(np.float64)
+    scores = {
+        "exact_match": bootstrap.weighted_sum(weights, exact) / total,
+        "rouge_l": bootstrap.weighted_sum(weights, rouge) / total,
+    }
+    for name, metric in (("chrf", CHRF()), ("bleu", BLEU())):
+        sums = bootstrap.weighted_sum(weights, np.array(metric._extract_corpus_statistics(generated, [references])))
+        scores[name] = np.array([metric._compute_score_from_stats(list(row)).score / 100 for row in sums])
+    token_sums = bootstrap.weighted_sum(weights, tokens)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores["perplexity"] = np.where(
+            token_sums > 0, np.exp(bootstrap.weighted_sum(weights, nll) / token_sums), np.nan
+        )
+    return scores
 
 
 def perplexity(nll: np.ndarray, tokens: np.ndarray) -> float:
@@ -240,6 +274,39 @@ class GenerativeTask(Task):
 
     def prediction_columns(self, predictions: pd.DataFrame) -> dict[str, Any]:
         return {"predicted": predictions["predicted"].astype(str).to_numpy(), "nll": predictions["nll"].astype(float)}
+
+    # -- bootstrap and baselines ---------------------------------------------------------------
+
+    def resampled_metrics(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """:meth:`test_metrics` on every resample from per-row values: exact match and ROUGE-L are means, chrF and
+        BLEU corpus scores of summed per-row n-gram statistics (sacrebleu's own), perplexity a ratio of sums."""
+        return resampled_generation_scores(
+            frame[COMPLETION].tolist(),
+            predictions["predicted"].tolist(),
+            predictions["nll"].to_numpy(np.float64),
+            predictions["completion_tokens"].to_numpy(np.float64),
+            weights,
+        )
+
+    def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+        """The most frequent completion of train, for every prompt (exact match: a class's majority when the
+        completions are labels). It has no likelihoods, so no perplexity: a gate on perplexity does not compare it.
+        There is no linear baseline for generation."""
+        source = train if train is not None else test
+        counts = source[COMPLETION].astype(str).value_counts()
+        answer = str(counts.index[0])
+        where = "train" if train is not None else "test (no train split given)"
+        predictions = pd.DataFrame(
+            {
+                "predicted": [answer] * len(test),
+                "nll": np.full(len(test), np.nan),
+                "completion_tokens": np.zeros(len(test), dtype=np.int64),
+            }
+        )
+        description = f"always {_shorten(answer, 60)!r}, the most frequent completion of {where} ({counts.iloc[0]} of "
+        return [Baseline("most_frequent", CONSTANT, f"{description}{len(source)} rows)", predictions)]
 
     def card_summary(self, labels: Sequence[str], metrics: dict[str, Any]) -> str:
         figures = ", ".join(

@@ -69,7 +69,10 @@ import pandas as pd
 
 from ftpipe.errors import DataError, ModelError
 from ftpipe.tasks.base import (
+    CONSTANT,
+    LINEAR,
     TEXT,
+    Baseline,
     ProbeScore,
     Table,
     Targets,
@@ -79,6 +82,7 @@ from ftpipe.tasks.base import (
     keys_of,
     reason_codes,
     require_columns,
+    tfidf_features,
 )
 from ftpipe.tasks.text_classification import load_for_prediction, per_class_table, predict_outputs, tokenized
 
@@ -293,6 +297,46 @@ def multilabel_scores(truth: np.ndarray, predicted: np.ndarray, labels: Sequence
     }
 
 
+def resampled_multilabel_scores(
+    truth: np.ndarray, predicted: np.ndarray, labelled: int, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`multilabel_scores`' averaged metrics on every bootstrap resample (``weights[b, i]``: draws of row i).
+
+    Micro and macro scores come from per-label TP/FP/FN counts (one matrix product each), samples-F1 and subset
+    accuracy from per-row values; the first ``labelled`` columns are the label set, the others count as false
+    positives in the micro, samples and subset scores only, as in :func:`multilabel_scores`.
+    """
+    from ftpipe.tasks import bootstrap
+
+    truth, predicted = truth.astype(np.float64), predicted.astype(np.float64)
+    tp, fp, fn = truth * predicted, (1 - truth) * predicted, truth * (1 - predicted)
+    tp_sum, fp_sum, fn_sum = (bootstrap.weighted_sum(weights, counts) for counts in (tp, fp, fn))  # [B, columns]
+    total = weights.sum(axis=1).astype(np.float64)
+    micro_tp, micro_fp, micro_fn = tp_sum.sum(axis=1), fp_sum.sum(axis=1), fn_sum.sum(axis=1)
+    f1_label = bootstrap.ratio(2 * tp_sum[:, :labelled], 2 * tp_sum[:, :labelled] + fp_sum[:, :labelled]
+                               + fn_sum[:, :labelled])  # fmt: skip
+    row_f1 = bootstrap.ratio(2 * tp.sum(axis=1), truth.sum(axis=1) + predicted.sum(axis=1))
+    exact = (truth == predicted).all(axis=1)
+    return {
+        "f1_micro": bootstrap.ratio(2 * micro_tp, 2 * micro_tp + micro_fp + micro_fn),
+        "f1_macro": f1_label.mean(axis=1) if labelled else np.zeros(len(weights)),
+        "subset_accuracy": bootstrap.weighted_sum(weights, exact) / total,
+        "precision_micro": bootstrap.ratio(micro_tp, micro_tp + micro_fp),
+        "recall_micro": bootstrap.ratio(micro_tp, micro_tp + micro_fn),
+        "f1_samples": bootstrap.weighted_sum(weights, row_f1) / total,
+    }
+
+
+def _predictions(predicted: list[list[str]], scores: np.ndarray) -> pd.DataFrame:
+    """A frame in :meth:`MultiLabelClassification.predict`'s format."""
+    return pd.DataFrame(
+        {
+            "predicted": pd.Series([list(names) for names in predicted], dtype=object),
+            "probabilities": pd.Series([row.tolist() for row in np.asarray(scores, dtype=float)], dtype=object),
+        }
+    )
+
+
 def _column(values: list[Any], codes: np.ndarray) -> pd.Series:
     """An object Series of ``values[code]`` per row (list cells; rows with equal codes share one object)."""
     table = np.empty(len(values), dtype=object)
@@ -314,6 +358,7 @@ class MultiLabelClassification(Task):
     pipeline_tag = "text-classification"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    linear_baseline = "tfidf_logistic"
     label_strata = True  # the split is stratified on each row's rarest label
 
     # -- data ----------------------------------------------------------------------------------
@@ -663,6 +708,60 @@ class MultiLabelClassification(Task):
             "predicted": predictions["predicted"].map(list).to_numpy(),
             "probabilities": predictions["probabilities"].map(list).to_numpy(),
         }
+
+    # -- bootstrap and baselines ---------------------------------------------------------------
+
+    def resampled_metrics(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        labels = list(labels)
+        predicted = [list(map(str, names)) for names in predictions["predicted"]]
+        outside = sorted({name for names in predicted for name in names} - set(labels))
+        columns = labels + outside
+        truth = multi_hot(frame[LABELS].tolist(), columns)
+        return resampled_multilabel_scores(truth, multi_hot(predicted, columns), len(labels), weights)
+
+    def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+        """Each label's majority on train (a label on more than half the rows is always predicted, else never:
+        usually the empty prediction), and TF-IDF word 1-2 grams + one logistic regression per label (balanced
+        classes, 0.5 threshold) trained on train."""
+        from sklearn.linear_model import LogisticRegression
+
+        labels = list(labels)
+        source = train if train is not None else test
+        truth = multi_hot(source[LABELS].tolist(), labels)
+        always = [label for j, label in enumerate(labels) if truth[:, j].mean() > 0.5]
+        where = "train" if train is not None else "test (no train split given)"
+        shown = ", ".join(map(repr, always)) if always else "no label"
+        found = [
+            Baseline(
+                "majority",
+                CONSTANT,
+                f"always {shown}: each label's majority on {where}",
+                _predictions([list(always)] * len(test), np.tile(truth.mean(axis=0), (len(test), 1))),
+            )
+        ]
+        if train is not None:
+            train_x, test_x = tfidf_features(train[TEXT].tolist(), test[TEXT].tolist())
+            scores = np.zeros((len(test), len(labels)))
+            for j in range(len(labels)):
+                column = truth[:, j]
+                if column.min() == column.max():  # every train row has it, or none: a constant
+                    scores[:, j] = float(column[0])
+                    continue
+                model = LogisticRegression(max_iter=2000, class_weight="balanced").fit(train_x, column)
+                scores[:, j] = model.predict_proba(test_x)[:, 1]
+            chosen = scores >= DEFAULT_THRESHOLD
+            found.append(
+                Baseline(
+                    "tfidf_logistic",
+                    LINEAR,
+                    f"TF-IDF word 1-2 grams + a logistic regression per label (balanced, threshold "
+                    f"{DEFAULT_THRESHOLD}) trained on {len(train)} train rows",
+                    _predictions([[labels[j] for j in np.flatnonzero(row)] for row in chosen], scores),
+                )
+            )
+        return found
 
     # -- model card ----------------------------------------------------------------------------
 

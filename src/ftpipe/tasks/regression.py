@@ -42,7 +42,10 @@ import pandas as pd
 from ftpipe.config import LOWER
 from ftpipe.errors import DataError, ModelError
 from ftpipe.tasks.base import (
+    CONSTANT,
+    LINEAR,
     TEXT,
+    Baseline,
     ProbeScore,
     Table,
     Targets,
@@ -51,6 +54,7 @@ from ftpipe.tasks.base import (
     keys_of,
     reason_codes,
     require_columns,
+    tfidf_features,
 )
 from ftpipe.tasks.text_classification import load_for_prediction, predict_outputs, tokenized
 
@@ -174,6 +178,32 @@ def regression_scores(truth: np.ndarray, predicted: np.ndarray | None) -> dict[s
     }
 
 
+def resampled_regression_scores(
+    truth: np.ndarray, predicted: np.ndarray | None, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`regression_scores`' RMSE, MAE, Pearson and Spearman of one target on every bootstrap resample.
+
+    Sums of squared and absolute errors are matrix products with the resample counts; Spearman is the Pearson
+    correlation of each resample's own mid-ranks (a row drawn c times is c tied copies), as scipy ranks them.
+    """
+    from ftpipe.tasks import bootstrap
+
+    resamples = len(weights)
+    if predicted is None or not np.isfinite(predicted).all():
+        infinite, missing = np.full(resamples, math.inf), np.full(resamples, math.nan)
+        return {"rmse": infinite, "mae": infinite, "pearson": missing, "spearman": missing}
+    errors = predicted - truth
+    total = weights.sum(axis=1).astype(np.float64)
+    return {
+        "rmse": np.sqrt(bootstrap.weighted_sum(weights, errors**2) / total),
+        "mae": bootstrap.weighted_sum(weights, np.abs(errors)) / total,
+        "pearson": bootstrap.weighted_pearson(weights, truth, predicted),
+        "spearman": bootstrap.weighted_pearson(
+            weights, bootstrap.weighted_midranks(weights, truth), bootstrap.weighted_midranks(weights, predicted)
+        ),
+    }
+
+
 def averaged(per_target: dict[str, dict[str, float]]) -> dict[str, float]:
     """Each metric of :data:`METRICS` averaged over the targets."""
     return {metric: float(np.mean([scores[metric] for scores in per_target.values()])) for metric in METRICS}
@@ -198,6 +228,7 @@ class Regression(Task):
     type = "regression"
     target_reasons = (_MISSING, _NOT_A_NUMBER)
     pipeline_tag = "text-classification"  # the Hub's task for a sequence-classification head, regression included
+    linear_baseline = "tfidf_ridge"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
 
@@ -290,6 +321,9 @@ class Regression(Task):
         columns = next(iter(frames.values())).columns
         names = [name for name in self.targets if target_column(name) in columns]
         return names or [column[len(TARGET_PREFIX) :] for column in columns if column.startswith(TARGET_PREFIX)]
+
+    def drift_targets(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
+        return {name: pd.to_numeric(frame[target_column(name)]) for name in self._names_of({"split": frame})}
 
     def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
         rows = []
@@ -485,6 +519,49 @@ class Regression(Task):
 
     def prediction_columns(self, predictions: pd.DataFrame) -> dict[str, Any]:
         return {column: predictions[column].to_numpy(np.float64) for column in predictions.columns}
+
+    # -- bootstrap and baselines ---------------------------------------------------------------
+
+    def resampled_metrics(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        per_target = []
+        for name in labels:
+            column = predicted_column(name)
+            predicted = predictions[column].to_numpy(np.float64) if column in predictions.columns else None
+            per_target.append(resampled_regression_scores(frame[target_column(name)].to_numpy(np.float64),
+                                                          predicted, weights))  # fmt: skip
+        return {metric: np.mean([scores[metric] for scores in per_target], axis=0) for metric in METRICS}
+
+    def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+        """Each target's train mean, and TF-IDF word 1-2 grams + ridge regression (alpha 1) trained on train."""
+        from sklearn.linear_model import Ridge
+
+        source = train if train is not None else test
+        means = self._values(source, labels).mean(axis=0)
+        where = "train" if train is not None else "test (no train split given)"
+        shown = ", ".join(f"{name} {mean:.4g}" for name, mean in zip(labels, means, strict=True))
+        found = [
+            Baseline(
+                "mean",
+                CONSTANT,
+                f"always the mean of {where} ({shown})",
+                pd.DataFrame({predicted_column(name): np.full(len(test), means[j]) for j, name in enumerate(labels)}),
+            )
+        ]
+        if train is not None and len(train) >= 2:
+            train_x, test_x = tfidf_features(train[TEXT].tolist(), test[TEXT].tolist())
+            values = self._values(train, labels)
+            predicted = Ridge(alpha=1.0).fit(train_x, values - means).predict(test_x).reshape(len(test), -1) + means
+            found.append(
+                Baseline(
+                    "tfidf_ridge",
+                    LINEAR,
+                    f"TF-IDF word 1-2 grams + ridge regression trained on {len(train)} train rows",
+                    pd.DataFrame({predicted_column(name): predicted[:, j] for j, name in enumerate(labels)}),
+                )
+            )
+        return found
 
     # -- model card ----------------------------------------------------------------------------
 

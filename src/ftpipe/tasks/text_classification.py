@@ -29,7 +29,10 @@ import pandas as pd
 
 from ftpipe.errors import DataError
 from ftpipe.tasks.base import (
+    CONSTANT,
+    LINEAR,
     TEXT,
+    Baseline,
     ProbeFeatures,
     ProbeScore,
     Table,
@@ -40,6 +43,7 @@ from ftpipe.tasks.base import (
     embed,
     reason_codes,
     require_columns,
+    tfidf_features,
 )
 
 SPLIT_COLUMNS = (TEXT, "label", "label_id")
@@ -70,6 +74,36 @@ def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], labels: 
             }
             for i, label in enumerate(labels)
         },
+    }
+
+
+def resampled_classification_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: int, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`classification_scores`' averaged metrics on every bootstrap resample, from confusion counts.
+
+    ``weights[b, i]`` is how often resample ``b`` drew row ``i``. Each resample's confusion matrix (a column more
+    for predictions outside the label set, ``-1``) is one sparse product, and precision, recall and F1 follow
+    from its counts as scikit-learn computes them with ``zero_division=0``: F1 = 2 TP / (support + predicted).
+    """
+    from ftpipe.tasks import bootstrap
+
+    predicted = np.where(y_pred < 0, classes, y_pred)
+    cells = bootstrap.one_hot_counts(weights, y_true * (classes + 1) + predicted, classes * (classes + 1))
+    matrix = cells.reshape(len(weights), classes, classes + 1)
+    tp = np.diagonal(matrix[:, :, :classes], axis1=1, axis2=2)
+    support = matrix.sum(axis=2)
+    predicted_count = matrix[:, :, :classes].sum(axis=1)
+    precision = bootstrap.ratio(tp, predicted_count)
+    recall = bootstrap.ratio(tp, support)
+    f1 = bootstrap.ratio(2 * tp, support + predicted_count)
+    total = support.sum(axis=1)
+    return {
+        "accuracy": bootstrap.ratio(tp.sum(axis=1), total),
+        "f1_macro": f1.mean(axis=1),
+        "precision_macro": precision.mean(axis=1),
+        "recall_macro": recall.mean(axis=1),
+        "f1_weighted": bootstrap.ratio((f1 * support).sum(axis=1), total),
     }
 
 
@@ -150,6 +184,7 @@ class TextClassification(Task):
     pipeline_tag = "text-classification"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    linear_baseline = "tfidf_logistic"
     label_strata = True  # the split is stratified on the label itself
 
     # -- data ----------------------------------------------------------------------------------
@@ -335,6 +370,52 @@ class TextClassification(Task):
 
     def prediction_columns(self, predictions: pd.DataFrame) -> dict[str, Any]:
         return {"predicted": predictions["predicted"].to_numpy(), "confidence": predictions["confidence"].astype(float)}
+
+    # -- bootstrap and baselines ---------------------------------------------------------------
+
+    def resampled_metrics(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return resampled_classification_scores(
+            frame["label_id"].to_numpy(), self._predicted_ids(predictions, labels), len(labels), weights
+        )
+
+    def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+        """The majority class of train, and TF-IDF word 1-2 grams + logistic regression trained on train.
+
+        The logistic regression is scikit-learn's default (L2, C=1) with balanced class weights, as the probe:
+        the gate metric is usually macro-F1, which the minority classes weigh in.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        source = train if train is not None else test
+        counts = source["label"].value_counts()
+        majority = str(counts.index[0])  # value_counts: most frequent first, ties in first-seen order
+        where = "train" if train is not None else "test (no train split given)"
+        found = [
+            Baseline(
+                "majority",
+                CONSTANT,
+                f"always {majority!r}, the most frequent label of {where} ({counts.iloc[0]} of {len(source)} rows)",
+                pd.DataFrame({"predicted": [majority] * len(test), "confidence": np.ones(len(test))}),
+            )
+        ]
+        if train is not None and train["label"].nunique() >= 2:
+            train_x, test_x = tfidf_features(train[TEXT].tolist(), test[TEXT].tolist())
+            model = LogisticRegression(max_iter=2000, class_weight="balanced")
+            model.fit(train_x, train["label"].to_numpy(dtype=str))
+            probabilities = model.predict_proba(test_x)
+            best = probabilities.argmax(axis=1)
+            predicted = [str(model.classes_[i]) for i in best]
+            found.append(
+                Baseline(
+                    "tfidf_logistic",
+                    LINEAR,
+                    f"TF-IDF word 1-2 grams + logistic regression (balanced) trained on {len(train)} train rows",
+                    pd.DataFrame({"predicted": predicted, "confidence": probabilities.max(axis=1)}),
+                )
+            )
+        return found
 
     # -- model card ----------------------------------------------------------------------------
 

@@ -69,7 +69,9 @@ import pandas as pd
 
 from ftpipe.errors import DataError, ModelError
 from ftpipe.tasks.base import (
+    CONSTANT,
     TEXT,
+    Baseline,
     ProbeScore,
     Table,
     Targets,
@@ -824,6 +826,26 @@ class TokenClassification(Task):
             "predicted": [list(map(str, row)) for row in predictions["predicted"]],
             "truncated_words": predictions["truncated_words"].to_numpy(dtype=np.int64),
         }
+
+    # -- baselines -----------------------------------------------------------------------------
+
+    def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
+        """Every word tagged ``O`` (outside any entity; the most frequent tag of train where there is no ``O``).
+
+        A tagger that does not beat it finds no entity at all. There is no linear baseline: TF-IDF features of a
+        whole text say nothing about one word's tag, and a per-word model is a project of its own.
+        """
+        if OUTSIDE in labels:
+            tag, why = OUTSIDE, "outside any entity"
+        else:
+            source = train if train is not None else test
+            tag = Counter(tag for row in _as_tag_lists(source[TAGS]) for tag in row).most_common(1)[0][0]
+            why = "the most frequent tag of " + ("train" if train is not None else "test")
+        words = _tokens_of(test)
+        predictions = pd.DataFrame(
+            {"predicted": [[tag] * len(row) for row in words], "truncated_words": np.zeros(len(words), dtype=np.int64)}
+        )
+        return [Baseline("all_" + tag.lower(), CONSTANT, f"every word tagged {tag!r} ({why})", predictions)]
 
     # -- model card ----------------------------------------------------------------------------
 
