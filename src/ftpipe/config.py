@@ -352,6 +352,67 @@ class GateConfig(StrictModel):
     )
 
 
+class DriftConfig(StrictModel):
+    """What makes a scheduled run fine-tune, and compare_data's drift check of the cleaned train split against the
+    production version's (see ``ftpipe.data.drift``)."""
+
+    retrain_when: Literal["new_data", "drift", "always"] = Field(
+        "new_data",
+        description="`new_data`: fine-tune when the cleaned data's fingerprint differs from production's; `drift`: "
+        "only when the drift check finds the new train split drifted from production's (a changed fingerprint "
+        "alone is not enough); `always`: every run. With no production version every run fine-tunes, and a run's "
+        "`force_retrain` always does. Where production's training data cannot be read, `drift` falls back to "
+        "`new_data` with a warning.",
+    )
+    check: bool = Field(
+        True,
+        description="Run the drift check whenever the fingerprint changed and production's training data can be "
+        "read, so the report shows it even when `retrain_when` does not depend on it. `drift` runs it regardless.",
+    )
+    significance: float = Field(
+        0.01, gt=0, lt=1, description="p-value below which the label, length and classifier tests find a difference."
+    )
+    min_effect: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Smallest KS statistic (length, numeric labels) or Cramer's V (class labels) that counts as "
+        "drift: with thousands of rows a difference too small to matter is still significant.",
+    )
+    max_unseen_share: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="Share of the new sample's word occurrences unseen in production's sample above which the "
+        "vocabulary drifted (both samples of equal size: the share grows as samples shrink; two disjoint halves of "
+        "the 10,605 movie-review snippets give 0.08, snippets against tweets 0.19).",
+    )
+    max_vocabulary_distance: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Jensen-Shannon distance (base 2, 0..1) between the frequencies of the most common words above "
+        "which the vocabulary drifted (two halves of the movie snippets: 0.10; snippets against tweets: 0.49).",
+    )
+    min_auc: float = Field(
+        0.6,
+        gt=0.5,
+        le=1,
+        description="Cross-validated AUC of the classifier telling the two samples apart at or above which (and "
+        "p below `significance`) the texts drifted; 0.5 is chance.",
+    )
+    sample_rows: int = Field(
+        5000, ge=50, description="Rows drawn from each side (seeded) for the vocabulary and classifier tests."
+    )
+    permutations: int = Field(
+        100,
+        ge=10,
+        description="Label permutations behind the classifier's p-value (the smallest p it can give is "
+        "1 / (permutations + 1)); each refits the cross-validated classifier.",
+    )
+    seed: int = Field(0, description="Seed of the samples, folds and permutations: the same data, the same figures.")
+
+
 class RegistryConfig(StrictModel):
     """The model registry on S3."""
 
@@ -912,6 +973,7 @@ class PipelineConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     sweep: SweepConfig | None = Field(
         None, description="A hyper-parameter sweep over `training` settings and candidates; None trains once."
     )

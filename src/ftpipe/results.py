@@ -58,6 +58,18 @@ class CleanDataResult(StepResult):
     """Quarantined rows per reason (every reason of the run's task, zeros included)."""
 
 
+class DriftTest(_Record):
+    """One test of the drift check (``ftpipe.data.drift``): new train split against production's."""
+
+    name: str  # label:<column> | text_length | unseen_words | vocabulary | classifier
+    method: str  # the test, in words (chi-square, two-sample KS, ...)
+    statistic: float  # Cramer's V, the KS statistic, a share, a distance or a cross-validated AUC
+    p_value: float | None  # None for the vocabulary figures, which are no test
+    rule: str  # when it counts as drift, with the configured thresholds
+    drifted: bool
+    detail: str = ""  # the sample sizes and what was compared
+
+
 class CompareDataResult(StepResult):
     """Whether to train, and why."""
 
@@ -66,6 +78,14 @@ class CompareDataResult(StepResult):
     production_version: int | None
     production_fingerprint: str | None
     message: str
+    retrain_when: str = "new_data"  # drift.retrain_when of the run
+    drift_checked: bool = False  # the drift check ran (a production version's training data was read)
+    drifted: bool | None = None  # any test found drift; None when the check did not run
+    drift_tests: list[DriftTest] = []
+    drift_warning: str | None = None  # why the check could not run (production's training data unreadable, ...)
+    production_train_uri: str | None = None  # the training data the check compared with
+    report_markdown_uri: str | None = None
+    report_html_uri: str | None = None
 
 
 class CandidateScore(_Record):

@@ -170,6 +170,15 @@ class Task(ABC):
         """An int64 stratification key per row of a cleaned split frame (None: split and sample at random)."""
         return None
 
+    def drift_targets(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
+        """The targets of a cleaned split that compare_data's drift check compares with production's, by name.
+
+        A numeric Series gets a two-sample KS test, any other (a class, or a list of classes or tags per row) a
+        chi-square test of its value counts (``ftpipe.data.drift.label_test``). None by default: the generative
+        tasks' targets are free text, which the drift check's text tests cover.
+        """
+        return {}
+
     @abstractmethod
     def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
         """The report's table of the targets per split (label counts, score statistics, ...)."""

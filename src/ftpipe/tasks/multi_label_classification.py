@@ -487,6 +487,9 @@ class MultiLabelClassification(Task):
         matrix = multi_hot(frame[LABELS].tolist(), labels)
         return rarest_label(matrix, matrix.sum(axis=0))
 
+    def drift_targets(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
+        return {LABELS: frame[LABELS]}  # lists: each label counted
+
     def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
         labels = self._labels_of(frames)
         counts = {name: multi_hot(frame[LABELS].tolist(), labels).sum(axis=0) for name, frame in frames.items()}

@@ -233,6 +233,9 @@ class TextClassification(Task):
     def strata(self, frame: pd.DataFrame) -> np.ndarray:
         return frame["label_id"].to_numpy(dtype=np.int64)
 
+    def drift_targets(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
+        return {"label": frame["label"]}
+
     def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
         labels = self._labels_of(frames)
         counts = {name: frame["label"].value_counts() for name, frame in frames.items()}
