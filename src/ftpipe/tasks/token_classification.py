@@ -297,6 +297,71 @@ def _tag_scores(flat_true: list[str], flat_predicted: list[str], labels: Sequenc
     }
 
 
+def resampled_sequence_scores(
+    truth: list[list[str]], predicted: list[list[str]], labels: Sequence[str], scheme: str, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`sequence_scores`' metrics on every bootstrap resample of the sentences (``weights[b, i]``: draws of
+    sentence i), from counts per sentence and type, which add up over the sentences of a resample.
+
+    IOB2: the types are entity types; a type counts towards the macro average in a resample where it is true or
+    predicted at least once (seqeval's report lists those). Otherwise: the types are the tags, micro and macro
+    over ``labels`` without ``O`` (all of them when that leaves none), as :func:`_tag_scores`.
+    """
+    from ftpipe.tasks import bootstrap
+
+    if scheme == "IOB2":
+        from seqeval.scheme import IOB2, Entities
+
+        cleaned = [[tag if tag == OUTSIDE or _IOB2_TAG.fullmatch(tag) else OUTSIDE for tag in row] for row in predicted]
+        true_sets = [{(e.start, e.end, e.tag) for e in row} for row in Entities(truth, IOB2, suffix=False).entities]
+        predicted_sets = [
+            {(e.start, e.end, e.tag) for e in row} for row in Entities(cleaned, IOB2, suffix=False).entities
+        ]
+        types = sorted({entity[2] for row in true_sets + predicted_sets for entity in row})
+        index = {name: j for j, name in enumerate(types)}
+        counts = np.zeros((3, len(truth), len(types)))  # true, predicted, right
+        for i, (true_row, predicted_row) in enumerate(zip(true_sets, predicted_sets, strict=True)):
+            for layer, entities in enumerate((true_row, predicted_row, true_row & predicted_row)):
+                for entity in entities:
+                    counts[layer, i, index[entity[2]]] += 1
+        scored = np.arange(len(types))
+    else:
+        labels = list(labels)
+        index = {name: j for j, name in enumerate(labels)}
+        counts = np.zeros((3, len(truth), len(labels)))
+        for i, (true_row, predicted_row) in enumerate(zip(truth, predicted, strict=True)):
+            for true_tag, predicted_tag in zip(true_row, predicted_row, strict=True):
+                if true_tag in index:
+                    counts[0, i, index[true_tag]] += 1
+                if predicted_tag in index:
+                    counts[1, i, index[predicted_tag]] += 1
+                if true_tag == predicted_tag and true_tag in index:
+                    counts[2, i, index[true_tag]] += 1
+        scored = np.array([j for j, name in enumerate(labels) if name != OUTSIDE] or list(range(len(labels))))
+    true_sum, predicted_sum, right_sum = (bootstrap.weighted_sum(weights, layer) for layer in counts)  # [B, types]
+    true_sum, predicted_sum, right_sum = true_sum[:, scored], predicted_sum[:, scored], right_sum[:, scored]
+    micro_right, micro_predicted, micro_true = right_sum.sum(axis=1), predicted_sum.sum(axis=1), true_sum.sum(axis=1)
+    per_type = bootstrap.ratio(2 * right_sum, true_sum + predicted_sum)
+    if scheme == "IOB2":
+        present = (true_sum + predicted_sum) > 0
+        macro = bootstrap.ratio((per_type * present).sum(axis=1), present.sum(axis=1))
+    else:
+        macro = per_type.mean(axis=1) if per_type.shape[1] else np.zeros(len(weights))
+    words = np.array([len(row) for row in truth], dtype=np.float64)
+    right_words = np.array(
+        [sum(a == b for a, b in zip(t, p, strict=True)) for t, p in zip(truth, predicted, strict=True)]
+    )
+    return {
+        "f1": bootstrap.ratio(2 * micro_right, micro_true + micro_predicted),
+        "precision": bootstrap.ratio(micro_right, micro_predicted),
+        "recall": bootstrap.ratio(micro_right, micro_true),
+        "token_accuracy": bootstrap.ratio(
+            bootstrap.weighted_sum(weights, right_words), bootstrap.weighted_sum(weights, words)
+        ),
+        "f1_macro": macro,
+    }
+
+
 @dataclass
 class _Encoded:
     """What :meth:`TokenClassification.dataset` built, kept so that validation can be scored per word."""
@@ -535,9 +600,6 @@ class TokenClassification(Task):
             return None
         tags = _as_tag_lists(frame[TAGS])
         return self._strata(tags, np.ones(len(tags), dtype=bool))[0]
-
-    def drift_targets(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
-        return {TAGS: frame[TAGS]}  # lists: each tag counted
 
     def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
         counts = {
@@ -830,7 +892,16 @@ class TokenClassification(Task):
             "truncated_words": predictions["truncated_words"].to_numpy(dtype=np.int64),
         }
 
-    # -- baselines -----------------------------------------------------------------------------
+    # -- bootstrap and baselines ---------------------------------------------------------------
+
+    def resampled_metrics(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """:meth:`test_metrics` on every resample of the sentences, from per-sentence counts: entities (strict
+        IOB2, as seqeval finds them) or tags, true, predicted and right, per type; words and words right."""
+        return resampled_sequence_scores(
+            _as_tag_lists(frame[TAGS]), _as_tag_lists(predictions["predicted"]), labels, self.settings.scheme, weights
+        )
 
     def baselines(self, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
         """Every word tagged ``O`` (outside any entity; the most frequent tag of train where there is no ``O``).

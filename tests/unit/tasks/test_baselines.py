@@ -120,3 +120,26 @@ def test_generative_resamples_match_sacrebleu_and_rouge(task_type):
     )
     seconds = assert_resamples_match(task_of(task_type), frame, predictions, ["completion"], resamples=300)
     assert seconds < 5.0
+
+
+@pytest.mark.parametrize("scheme", ["IOB2", "plain"])
+def test_token_classification_resamples_match_seqeval_and_scikit_learn(scheme):
+    rng = np.random.default_rng(7)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"] if scheme == "IOB2" else ["O", "PER", "LOC", "ORG"]
+    truth, predicted = [], []
+    for _ in range(300):
+        length = int(rng.integers(1, 8))
+        if scheme == "IOB2":
+            row = []
+            for _ in range(length):  # valid IOB2: an I- only after its own B- or I-
+                kind = rng.choice(["O", "PER", "LOC"])
+                inside = row and row[-1] != "O" and row[-1][2:] == kind and rng.random() < 0.5
+                row.append("O" if kind == "O" else ("I-" if inside else "B-") + kind)
+        else:
+            row = list(rng.choice(tags, length, p=[0.6, 0.2, 0.15, 0.05]))
+        truth.append(row)
+        predicted.append([tag if rng.random() < 0.75 else str(rng.choice(tags)) for tag in row])  # some invalid I-
+    frame = pd.DataFrame({"tokens": [[f"w{i}" for i in range(len(row))] for row in truth], "tags": truth})
+    predictions = pd.DataFrame({"predicted": predicted, "truncated_words": np.zeros(300, dtype=np.int64)})
+    task = task_of("token_classification", scheme=scheme, **({} if scheme == "IOB2" else {"tags": tags}))
+    assert assert_resamples_match(task, frame, predictions, tags, resamples=1000) < 3.0

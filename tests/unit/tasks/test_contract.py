@@ -123,7 +123,6 @@ def test_every_task_runs_through_the_steps(task_type, request, tmp_path, one_tor
             "training": {"epochs": 1, "batch_size": 8, "max_length": 32},
             "registry": {"uri": str(tmp_path / "registry"), "model_name": "contract"},
             "storage": {"artifact_root": str(tmp_path / "runs")},
-            "gate": {"bootstrap_resamples": 50},  # a few: token classification scores each resample with seqeval
         }
     )
     task = get_task(config)
