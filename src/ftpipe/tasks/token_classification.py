@@ -601,6 +601,9 @@ class TokenClassification(Task):
         tags = _as_tag_lists(frame[TAGS])
         return self._strata(tags, np.ones(len(tags), dtype=bool))[0]
 
+    def drift_targets(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
+        return {TAGS: frame[TAGS]}  # lists: each tag counted
+
     def describe_targets(self, frames: dict[str, pd.DataFrame]) -> Table:
         counts = {
             name: Counter(tag for row in _as_tag_lists(frame[TAGS]) for tag in row) for name, frame in frames.items()
