@@ -330,7 +330,12 @@ class GateConfig(StrictModel):
         None, description="Test metric compared with production: one of the task's; None: its primary metric."
     )
     tolerance: float = Field(
-        0.0, ge=0, description="How much worse than the production model the new one may be, in the metric's units."
+        0.0,
+        ge=0,
+        description="How much worse than the production model the new one may be, in the metric's units: the lower "
+        "bound of the 95% paired bootstrap interval of its improvement over production on the test rows must be at "
+        "least -tolerance. With 0 a model must be shown to be no worse (identical predictions pass; an equally good "
+        "retrain on a few hundred rows usually needs 0.01-0.02).",
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
