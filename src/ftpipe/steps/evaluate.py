@@ -1,25 +1,41 @@
-"""evaluate: test metrics of the fine-tuned model and the gate that decides whether it may be registered.
+"""evaluate: test metrics of the fine-tuned model, with intervals and baselines, and the gate that decides whether it
+may be registered.
 
-Run it as ``run(config, test_uri, labels, model_uri, output_uri)``. The task (``ftpipe.tasks``) predicts the
-test split and computes its metrics (text_classification: accuracy, macro-F1 and per-class
+Run it as ``run(config, test_uri, labels, model_uri, output_uri, train_uri=...)``. The task (``ftpipe.tasks``)
+predicts the test split and computes its metrics (text_classification: accuracy, macro-F1 and per-class
 precision/recall/F1/support with scikit-learn; regression: RMSE, MAE, Pearson, Spearman; ...). When the
-registry's ``production`` alias of ``config.registry.model_name`` is set, that version is downloaded and
-scored on the very same rows.
+registry's ``production`` alias of ``config.registry.model_name`` is set, that version is scored on the very same
+rows, and so are the task's baselines (``Task.baselines``): a constant one (the majority class of train, its mean,
+``O`` for every word, the most frequent completion) and, for classification and regression, TF-IDF word 1-2 grams
+and a linear model trained on the train split ``train_uri``.
+
+Every test metric gets a 95% percentile interval from ``gate.bootstrap_resamples`` bootstrap resamples of the test
+rows (seeded by ``gate.bootstrap_seed``; ``Task.resampled_metrics`` scores all resamples at once from per-row
+counts). The model, production and the baselines are scored on the same resamples, so that each difference has a
+*paired* interval: the noise that the test rows share cancels out.
 
 The gate passes when every check passes:
 
-- each ``gate.thresholds`` bound: a floor for a metric where higher is better, a ceiling where lower is;
-- with a production model: the new model is no worse than production by more than ``gate.tolerance`` on
-  the gate metric (``gate.metric``, else the task's primary metric), in the metric's direction.
+- each ``gate.thresholds`` bound on the point estimate: a floor for a metric where higher is better, a ceiling where
+  lower is;
+- the constant baseline, on the gate metric (``gate.metric``, else the task's primary metric): the improvement
+  over it and the lower bound of its paired interval both above 0. A model that does not beat "always the same
+  answer" by more than the noise has learned nothing this test split can show, production model or not;
+- the linear baseline, on the gate metric: the improvement above 0 (its interval is reported, not required: a
+  fine-tuned model is often only a little better than TF-IDF, which a few hundred test rows cannot resolve);
+  ``gate.linear_baseline: report`` turns this check into a note;
+- with a production model: "no worse", the lower bound of the paired interval of the improvement over production
+  at least ``-gate.tolerance``, on the task's comparison metric, in the metric's direction.
 
 When the production model's outputs differ from the new one's (a label added, removed or renamed), the task
 says which metric stays comparable (text_classification: accuracy over this test split, predictions matched
 by label name, a model being wrong on every row whose label it cannot predict), and the reasons say so.
 
 Every check, passed or failed, is one line in ``reasons`` with its numbers (``passed: ...``,
-``failed: ...``, or ``note: ...`` for context). Under ``output_uri`` it writes ``report.html`` (the
-task's pictures and tables, the verdict), ``report.md``, ``report.json`` (this result) and
-``predictions.parquet`` (one row per test row, with the production model's prediction when there is one).
+``failed: ...``, or ``note: ...`` for context); register_model stores them, the intervals and the baselines'
+scores in the registry entry. Under ``output_uri`` it writes ``report.html`` (the task's pictures and tables, the
+verdict, the baselines beside the model), ``report.md``, ``report.json`` (this result) and ``predictions.parquet``
+(one row per test row, with the production model's and the baselines' predictions).
 """
 
 from __future__ import annotations
