@@ -287,3 +287,22 @@ def test_retrain_when_is_validated(tmp_path):
     assert data["drift"]["retrain_when"] == "new_data"  # the default: today's fingerprint decision
     with pytest.raises(ConfigError, match="drift.retrain_when"):
         parse_config({**data, "drift": {"retrain_when": "sometimes"}})
+
+
+def test_vocabulary_figures_are_judged_against_production_s_own_at_the_same_size():
+    """Few texts from a large vocabulary: many words of a resample are unseen, yet it is no drift."""
+    rng = np.random.default_rng(0)
+    zipf = 1.0 / np.arange(1, 5001)
+
+    def texts(offset: int, rows: int) -> pd.Series:
+        ids = rng.choice(5000, size=(rows, 12), p=zipf / zipf.sum()) + offset
+        return pd.Series([" ".join(f"w{i}" for i in row) for row in ids])
+
+    old = texts(0, 300)
+    same = {t.name: t for t in drift.vocabulary_tests(*drift.vocabulary_samples(old, texts(0, 150), 5000, 0), FAST)}
+    assert same["unseen_words"].statistic > 0.2  # far above a fixed threshold of 0.15...
+    assert not same["unseen_words"].drifted and not same["vocabulary"].drifted  # ...but production's own is as high
+    shifted = texts(2500, 150)  # half the words new, and the most common ones all new
+    moved = {t.name: t for t in drift.vocabulary_tests(*drift.vocabulary_samples(old, shifted, 5000, 0), FAST)}
+    assert moved["unseen_words"].drifted and moved["vocabulary"].drifted
+    assert "production's own" in moved["vocabulary"].rule
