@@ -306,3 +306,18 @@ def test_vocabulary_figures_are_judged_against_production_s_own_at_the_same_size
     moved = {t.name: t for t in drift.vocabulary_tests(*drift.vocabulary_samples(old, shifted, 5000, 0), FAST)}
     assert moved["unseen_words"].drifted and moved["vocabulary"].drifted
     assert "production's own" in moved["vocabulary"].rule
+
+
+def test_empty_production_data_is_a_warning_and_an_empty_new_split_an_error(tmp_path):
+    registry = ModelRegistry(Storage(), str(tmp_path / "registry"))
+    _production(tmp_path, registry, pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)}))
+    config = _drift_config(tmp_path, "drift")
+    new = _new_train(tmp_path, _table(2, PHONE, 50, positive=0.5, words=(5, 10)))
+    result = compare_data.run(config, "new", registry=registry, train_uri=new)
+    assert result.changed and result.drift_warning.endswith("production-train.parquet has no rows")
+    empty = str(tmp_path / "empty.parquet")
+    pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(empty)
+    with pytest.raises(DataError, match="the new train split .*empty.parquet has no rows"):
+        compare_data.run(config, "new", registry=registry, train_uri=empty)
+    missing = drift.label_test("score", pd.Series([np.nan, np.nan]), pd.Series([1.0, 2.0]), DriftConfig())
+    assert not missing.drifted and missing.detail == "not run: target score has no values on a side"

@@ -109,6 +109,17 @@ def ks_test(name: str, what: str, old: np.ndarray, new: np.ndarray, settings: Dr
     """Two-sample Kolmogorov-Smirnov test of two numeric samples: drift when significant and large enough."""
     from scipy.stats import ks_2samp
 
+    rule = _significant_rule("KS statistic", settings)
+    if not len(old) or not len(new):  # a target missing on every row of a side: nothing to test
+        return DriftTest(
+            name=name,
+            method="two-sample Kolmogorov-Smirnov",
+            statistic=0.0,
+            p_value=None,
+            rule=rule,
+            drifted=False,
+            detail=f"not run: {what} has no values on a side",
+        )
     detail = f"{what}: old mean {old.mean():.3g} ({len(old)} rows), new mean {new.mean():.3g} ({len(new)} rows)"
     result = ks_2samp(old, new)
     statistic, p_value = float(result.statistic), float(result.pvalue)
@@ -117,7 +128,7 @@ def ks_test(name: str, what: str, old: np.ndarray, new: np.ndarray, settings: Dr
         method="two-sample Kolmogorov-Smirnov",
         statistic=statistic,
         p_value=p_value,
-        rule=_significant_rule("KS statistic", settings),
+        rule=rule,
         drifted=p_value < settings.significance and statistic >= settings.min_effect,
         detail=detail,
     )

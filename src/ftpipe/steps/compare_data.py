@@ -44,7 +44,7 @@ def read_split(storage: Storage, uri: str, name: str) -> pd.DataFrame:
     """A cleaned split (parquet) with its ``text`` column.
 
     Raises:
-        DataError: the file is not a readable parquet file with a ``text`` column.
+        DataError: the file is not a readable parquet file with a ``text`` column and rows.
         StorageError: it cannot be fetched.
     """
     with storage.local_copy(uri) as path:
@@ -55,6 +55,8 @@ def read_split(storage: Storage, uri: str, name: str) -> pd.DataFrame:
             raise DataError(f"cannot read the {name} {uri}: {first}") from None
     if TEXT not in frame.columns:
         raise DataError(f"the {name} {uri} has no {TEXT!r} column (it has {', '.join(map(str, frame.columns))})")
+    if frame.empty:
+        raise DataError(f"the {name} {uri} has no rows")
     return frame
 
 
