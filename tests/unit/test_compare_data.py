@@ -13,6 +13,7 @@ from ftpipe.registry import ModelRegistry
 from ftpipe.results import DriftTest
 from ftpipe.steps import compare_data, fingerprint_data
 from ftpipe.storage import Storage
+from ftpipe.tasks import get_task
 
 
 def _config(tmp_path, **cleaning):
@@ -321,3 +322,32 @@ def test_empty_production_data_is_a_warning_and_an_empty_new_split_an_error(tmp_
         compare_data.run(config, "new", registry=registry, train_uri=empty)
     missing = drift.label_test("score", pd.Series([np.nan, np.nan]), pd.Series([1.0, 2.0]), DriftConfig())
     assert not missing.drifted and missing.detail == "not run: target score has no values on a side"
+
+
+@pytest.mark.parametrize(
+    ("task", "column", "old", "new", "method"),
+    [
+        ({"type": "text_classification"}, "label", ["a", "b"] * 50, ["a"] * 90 + ["b"] * 10, "chi-square"),
+        ({"type": "regression"}, "target_label", [0.0, 1.0] * 50, [3.0, 4.0] * 50, "two-sample Kolmogorov"),
+        ({"type": "multi_label_classification"}, "labels", [["a"], ["a", "b"]] * 50, [["c"]] * 100, "chi-square"),
+        ({"type": "token_classification"}, "tags", [["O", "B-PER"]] * 100, [["O", "B-LOC"]] * 100, "chi-square"),
+    ],
+)
+def test_each_task_names_its_targets_and_the_dtype_chooses_the_test(tmp_path, task, column, old, new, method):
+    config = parse_config({**_config(tmp_path).model_dump(mode="json"), "task": task})
+    frames = []
+    for values in (old, new):  # through parquet, as compare_data reads them: list cells come back as arrays
+        path = tmp_path / f"{len(frames)}.parquet"
+        pd.DataFrame({"text": [f"text {i}" for i in range(len(values))], column: values}).to_parquet(path)
+        frames.append(compare_data.read_split(Storage(), str(path), "split"))
+    targets = [get_task(config).drift_targets(frame) for frame in frames]
+    assert list(targets[0]) == [column.removeprefix("target_") if task["type"] == "regression" else column]
+    (name,) = targets[0]
+    test = drift.label_test(name, targets[0][name], targets[1][name], DriftConfig())
+    assert test.method.startswith(method) and test.drifted
+    assert not drift.label_test(name, targets[0][name], targets[0][name], DriftConfig()).drifted
+
+
+def test_the_generative_tasks_leave_their_free_text_targets_to_the_text_tests(tmp_path):
+    config = parse_config({**_config(tmp_path).model_dump(mode="json"), "task": {"type": "seq2seq"}})
+    assert get_task(config).drift_targets(pd.DataFrame({"text": ["a"], "completion": ["b"]})) == {}
