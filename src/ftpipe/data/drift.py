@@ -15,7 +15,7 @@ the thresholds of ``config.drift``):
   Jensen-Shannon distance (base 2: 0 equal, 1 disjoint) between the two sides' frequencies of the
   :data:`TOP_WORDS` most common words of either side (the rare words are left out: their counts are mostly
   sampling noise). Both figures grow as samples shrink as much as they do with new words (two disjoint samples
-  of the movie snippets: share 0.24 and distance 0.35 at 500 texts each, 0.08 and 0.10 at 5,000), so each is
+  of the movie snippets: share 0.24 and distance 0.35 at 500 texts each, 0.08 and 0.10 at 4,200), so each is
   compared with its baseline, the same figure between two disjoint samples of production's data, all three
   samples (seeded) of one size: ``min(production's rows / 2, new rows, sample_rows)``. Drift: an excess over the
   baseline above ``max_unseen_excess`` / ``max_vocabulary_excess``. No p-value.
