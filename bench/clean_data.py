@@ -12,15 +12,22 @@ copies of those. Both read the same CSV file and write train/validation/test Par
 
 Figures: rows/s of both (from reading the file to the last file written; the libraries both use, pandas,
 pyarrow and scikit-learn, imported beforehand), the ratio (ftpipe's rows/s over the naive script's), and the
-peak resident memory of each.
+peak resident memory of each; ftpipe's near-duplicate step's share of its time (``ftpipe_near_s``).
+
+Near-duplicates (``near_*`` figures): clean_data on ``--near-rows`` rows (100,000 by default) made the same way,
+into which near-copies of 2% of them are injected, each edited in 1, 2 or 3 words (a word replaced, one
+inserted, one deleted, in turn, at random positions): the near-duplicate step's rows/s (signatures, LSH and the
+checks, from the report's own timing) and its recall, the share of injected copies quarantined as
+``near_duplicate`` of their original (or their original of them), per number of edits.
 
     python -m bench.clean_data               # 1,000,000 rows (about a minute on 2 cores)
-    python -m bench.clean_data --smoke       # 20,000 rows from the checked-in SMS sample
+    python -m bench.clean_data --smoke       # 20,000 rows from the checked-in SMS sample (near-duplicates: 5,000)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -103,16 +110,74 @@ def ftpipe_stage(path: Path, out: Path, seed: int, tokenizer: str):
     return clean_data.run(config, str(out))
 
 
+def edit_words(text: str, edits: int, rng) -> str:
+    """``edits`` word edits of ``text``: a word replaced, one inserted, one deleted, in turn, at random positions."""
+    words = text.split()
+    for step in range(edits):
+        at = int(rng.integers(0, len(words))) if words else 0
+        if step % 3 == 0 and words:
+            words[at] = f"w{int(rng.integers(0, 10**9))}"
+        elif step % 3 == 1 or len(words) < 2:
+            words.insert(at, f"w{int(rng.integers(0, 10**9))}")
+        else:
+            del words[at]
+    return " ".join(words)
+
+
+def near_duplicates(base, rows: int, seed: int, tokenizer: str, work: Path) -> dict[str, Any]:
+    """clean_data on ``rows`` made rows plus near-copies of 2% of them: the near step's rows/s and its recall."""
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed + 1)
+    made = make_rows(base, rows, seed).drop_duplicates("text", ignore_index=True)
+    sampled = rng.choice(len(made), max(1, len(made) // 50), replace=False)
+    edits = rng.integers(1, 4, len(sampled))
+    texts = [edit_words(made.at[i, "text"], int(k), rng) for i, k in zip(sampled.tolist(), edits.tolist(), strict=True)]
+    copies = pd.DataFrame({"text": texts, "label": made["label"].to_numpy()[sampled]})
+    frame = pd.concat([made, copies], ignore_index=True)
+    path = work / "near.csv"
+    frame.to_csv(path, index=False)
+    out = work / "near-out"
+    out.mkdir()
+    result = ftpipe_stage(path, out, seed, tokenizer)
+    report = json.loads((out / "report.json").read_text())
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    near = quarantine[quarantine["reason"] == "near_duplicate"]
+    # Found: the copy quarantined as a near-copy (of its original, or of another variant of the same snippet, which
+    # make_rows' variants are), or its original quarantined as a near-copy of it.
+    copied = set(near["row"].tolist())
+    pairs = set(zip(near["row"].tolist(), near["duplicate_of"].tolist(), strict=True))
+    copy_rows = np.arange(len(made), len(frame))
+    found = np.array(
+        [c in copied or (o, c) in pairs for c, o in zip(copy_rows.tolist(), sampled.tolist(), strict=True)]
+    )
+    seconds = report["near_duplicates"]["seconds"]
+    figures: dict[str, Any] = {
+        "near_rows": len(frame),
+        "near_injected": len(sampled),
+        "near_rows_per_s": round(len(frame) / seconds) if seconds else 0,
+        "near_s": seconds,
+        "near_recall": round(float(found.mean()), 3),
+    }
+    for k in (1, 2, 3):
+        figures[f"near_recall_{k}_edits"] = round(float(found[edits == k].mean()), 3) if (edits == k).any() else 0
+    figures["near_quarantined"] = result.rejected["near_duplicate"]
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--data", default="movie-reviews", choices=["movie-reviews", "sms-sample"])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="folder for clean_data.json (default out/bench)")
+    parser.add_argument("--near-rows", type=int, default=100_000, help="rows of the near-duplicate run")
     parser.add_argument("--smoke", action="store_true", help="20,000 rows of the SMS sample: checks that it runs")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.rows, args.data = 20_000, "sms-sample"
+        args.rows, args.data, args.near_rows = 20_000, "sms-sample", 5_000
     quiet_libraries()
     tokenizer = minilm_path()
     # What both use is imported before either is timed; ftpipe's own extras (the tokenizer's transformers and
@@ -144,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             ftpipe_s = time.perf_counter() - started
         load.stop()
         source_mib = source.stat().st_size / 2**20
+        ftpipe_near_s = json.loads((work / "ftpipe" / "report.json").read_text())["near_duplicates"]["seconds"]
+        near = near_duplicates(dataset(args.data), args.near_rows, args.seed, tokenizer, work)
 
     figures: dict[str, Any] = {
         "rows": args.rows,
@@ -161,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         "ftpipe_kept": sum(result.counts.values()),
         "ftpipe_duplicates": result.rejected["duplicate"],
         "ftpipe_leakage": result.rejected["leakage"],
+        "ftpipe_near_duplicates": result.rejected["near_duplicate"],
+        "ftpipe_near_leakage": result.rejected["near_leakage"],
+        "ftpipe_near_s": ftpipe_near_s,
+        **near,
         "make_data_s": round(made, 1),
         "others_cpu_share": round(load.share, 2),
     }

@@ -89,6 +89,23 @@ class CleanDataConfig(StrictModel):
     lowercase: bool = Field(False, description="Lower-case the text (leave off for cased tokenizers).")
     deduplicate: bool = Field(True, description="Drop exact duplicates of the normalised text.")
     remove_leakage: bool = Field(True, description="Drop validation/test rows whose text also occurs in train.")
+    near_duplicate_threshold: float | None = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of word shingles (MinHash LSH) from which two cleaned texts are near-copies: "
+        "within a split, a near-copy of a kept text with the same target is quarantined as `near_duplicate` (with "
+        "`deduplicate`); a validation or test text near a train text as `near_leakage` (with `remove_leakage`). "
+        "0.7 with 2-word shingles finds most copies edited in 1-3 words of a 10-30 word text while no two unrelated "
+        "texts of the benchmark's data reach it; 0.9 finds hardly any (see README, Near-duplicates). None: off.",
+    )
+    near_duplicate_shingle: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Words per shingle for near-duplicates (a text with fewer words is one shingle). 1 ignores word "
+        "order; 3 or more misses short edited texts (one changed word changes that many shingles).",
+    )
     min_chars: int = Field(1, ge=1, description="Rows shorter than this after cleaning are quarantined.")
     max_chars: int | None = Field(
         100_000,

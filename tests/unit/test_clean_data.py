@@ -348,6 +348,7 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
         max_chars=200,
         min_tokens=4,
         max_tokens=20,
+        near_duplicate_threshold=None,  # row 11 would be a near-copy of row 10 (tests of their own below)
     )
     result = clean_data.run(config, str(tmp_path / "out"))
 
@@ -363,13 +364,15 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
         "too_many_tokens": 1,
         "conflicting_labels": 2,
         "duplicate": 1,
+        "near_duplicate": 0,
         "rare_label": 0,
         "leakage": 2,
+        "near_leakage": 0,
     }
     assert result.counts == {"train": 4, "validation": 2, "test": 2}
     check_invariants(result, 21)
     quarantine = read_outputs(result)["quarantine"]
-    assert list(quarantine.columns) == ["source_split", "row", "text", "label", "reason"]
+    assert list(quarantine.columns) == ["source_split", "row", "text", "label", "reason", "duplicate_of"]
     where = {(r.source_split, r.row): r.reason for r in quarantine.itertuples()}
     assert where == {
         ("train", 1): "missing_text",
@@ -389,6 +392,9 @@ def test_every_rejection_reason_is_quarantined_with_its_source(tmp_path, make_co
     original = quarantine.set_index(["source_split", "row"])
     assert original.loc[("train", 9), "text"] == "same  <b>words</b> here"  # the text as read, not cleaned
     assert original.loc[("train", 5), "label"] == "2"  # the label as read, before the mapping
+    assert original.loc[("train", 12), "duplicate_of"] == 10  # the copy kept in its place
+    assert original.loc[("validation", 0), "duplicate_of"] == 0 and original.loc[("test", 1), "duplicate_of"] == 13
+    assert original["duplicate_of"].isna().sum() == len(original) - 3
     assert pd.isna(original.loc[("train", 1), "text"]) and pd.isna(original.loc[("train", 4), "label"])
     assert read_outputs(result)["train"]["text"].tolist() == ["kept one", "kept two", "Kept two", "kept three"]
     report = json.loads(Path(result.report_json_uri).read_text())

@@ -8,7 +8,8 @@ duplicates and train/evaluation leakage, and writes under ``output_uri``::
 
     train.parquet  validation.parquet  test.parquet   text and the task's target columns (text_classification:
                                                        label, label_id)
-    quarantine.parquet                                 every rejected row: source_split, row, text, label, reason
+    quarantine.parquet                                 every rejected row: source_split, row, text, label, reason,
+                                                       duplicate_of (the row kept in a copy's place)
     report.json  report.md  report.html               counts, target distributions, token lengths, fingerprint
 
 Nothing is dropped silently: each input row is either kept in exactly one split or quarantined with
@@ -27,11 +28,18 @@ exactly one reason, the first that applies in this order (the order of :data:`RE
    have several right replies (``Task.one_target_per_text``).
 6. ``duplicate`` (with ``cleaning.deduplicate``): an exact copy of an earlier row's cleaned text and target;
    the first copy is kept. With the user's own splits this is per split; copies across splits are leakage.
+   ``near_duplicate`` (with ``cleaning.deduplicate`` and ``cleaning.near_duplicate_threshold``): what is left, a
+   text whose word shingles (``cleaning.near_duplicate_shingle`` words) have a Jaccard similarity of at least the
+   threshold with a kept text of the same file and target (MinHash LSH, :mod:`ftpipe.data.near_duplicates`).
+   Texts are visited in content order (their digest), so which copy is kept does not depend on the row order.
 7. ``rare_label`` (tasks whose split strata are their labels, ``Task.label_strata``): the row's label (multi-label:
    its rarest label) has fewer than ``cleaning.min_rows_per_label`` usable rows in train (in the whole file when
    it is split here): it can be neither split nor learned. Listed in the report and the log.
 8. ``leakage`` (with ``cleaning.remove_leakage``): a validation or test row whose cleaned text is also in the
-   cleaned train split.
+   cleaned train split; ``near_leakage``: one near a kept train text (any target), as for ``near_duplicate``.
+
+``duplicate_of`` in the quarantine is the ``row`` kept in a copy's place: of the same file for ``duplicate`` and
+``near_duplicate``, of the train file (or the one file) for ``leakage`` and ``near_leakage``.
 
 Cleaning a text (:func:`ftpipe.text.clean_texts`): HTML tags removed (script/style bodies and comments too) and entities
 unescaped, Unicode normalised (``cleaning.unicode_form``), control characters turned into spaces and invisible
@@ -66,6 +74,7 @@ import pandas as pd
 from ftpipe import reports
 from ftpipe.config import PipelineConfig
 from ftpipe.data.fingerprint import content_order, digests, fingerprint
+from ftpipe.data.near_duplicates import NUM_PERM
 from ftpipe.data.readers import SINGLE, SOURCES, SPLITS, Source, read_source, resolve_format, sources
 from ftpipe.errors import DataError
 from ftpipe.results import CleanDataResult
@@ -81,9 +90,10 @@ LIBRARIES = (*TOKENIZER_LIBRARIES, "sklearn.model_selection", *REPORT_LIBRARIES)
 
 TEXT_REASONS = ("missing_text", "too_long", "empty_text", "too_short")
 LENGTH_REASONS = ("too_few_tokens", "too_many_tokens")
-DUPLICATE_REASONS = ("conflicting_labels", "duplicate")
+DUPLICATE_REASONS = ("conflicting_labels", "duplicate", "near_duplicate")
 LABEL_REASONS = ("rare_label",)  # only for tasks whose strata are labels (Task.label_strata)
-LEAKAGE_REASONS = ("leakage",)
+LEAKAGE_REASONS = ("leakage", "near_leakage")
+_NEAR_EXAMPLES = 5  # per reason, in the report
 _HISTOGRAM_BINS = 40
 
 __all__ = ["CleanDataResult", "reasons", "run"]
@@ -105,9 +115,11 @@ class _Rows:
     raw_text: pd.Series  # as read (str dtype, NaN when missing)
     raw_target: np.ndarray  # object: the target cells as read
     reason: np.ndarray = field(init=False)  # int8: 0 kept, else 1 + index into reasons
+    duplicate_of: np.ndarray = field(init=False)  # int64: the `row` kept in a copy's place (-1: not a copy)
 
     def __post_init__(self) -> None:
         self.reason = np.zeros(len(self.source), dtype=np.int8)
+        self.duplicate_of = np.full(len(self.source), -1, dtype=np.int64)
         self.code = {name: code for code, name in enumerate(self.reasons, start=1)}
 
     @property
@@ -119,6 +131,16 @@ class _Rows:
         hit = np.asarray(mask, dtype=bool) & (self.reason == 0)
         self.reason[hit] = self.code[reason]
         return int(hit.sum())
+
+    def reject_copies(self, positions: np.ndarray, kept: np.ndarray, reason: str) -> np.ndarray:
+        """Quarantine the still-alive rows at ``positions`` as copies of the rows at ``kept`` (aligned with them).
+
+        Returns a mask over ``positions``: the rows quarantined now.
+        """
+        hit = self.reason[positions] == 0
+        self.reason[positions[hit]] = self.code[reason]
+        self.duplicate_of[positions[hit]] = self.row[kept[hit]]
+        return hit
 
     def reject_by_code(self, codes: np.ndarray, names: tuple[str, ...]) -> None:
         """Quarantine the still-alive rows with a non-zero code, 1 + an index into ``names``."""
@@ -158,6 +180,124 @@ def _load_rows(inputs: list[Source], config: PipelineConfig, task: Task, storage
         raw_text=pd.concat(texts, ignore_index=True) if len(texts) > 1 else texts[0],
         raw_target=np.concatenate(targets),
     )
+
+
+class _NearCopies:
+    """The near-duplicate steps (:mod:`ftpipe.data.near_duplicates`) over clean_data's rows, and their examples."""
+
+    def __init__(self, threshold: float | None, shingle: int) -> None:
+        self.threshold, self.shingle = threshold, shingle
+        self.signatures: np.ndarray | None = None  # one row per distinct text hashed; `slot` maps texts to it
+        self.slot = np.zeros(0, dtype=np.int64)
+        self.examples: dict[str, list[dict[str, Any]]] = {"near_duplicate": [], "near_leakage": []}
+        self.seconds = 0.0
+
+    def sign(self, distinct: np.ndarray, text_code: np.ndarray, alive: np.ndarray) -> None:
+        """Signatures of every distinct text of the alive rows; a text without words gets none (slot -1)."""
+        import time
+
+        from ftpipe.data.near_duplicates import signatures
+
+        started = time.perf_counter()
+        present = np.unique(text_code[alive])
+        signed, has_words = signatures(distinct[present], self.shingle)
+        self.slot = np.full(len(distinct), -1, dtype=np.int64)
+        self.slot[present[has_words]] = np.arange(int(has_words.sum()))
+        self.signatures = signed[has_words]
+        self.seconds += time.perf_counter() - started
+
+    def within_splits(
+        self, rows: _Rows, distinct: np.ndarray, text_code: np.ndarray, key: np.ndarray, width: int
+    ) -> None:
+        """``near_duplicate``: a row near a kept row of its own file and target (the first in content order)."""
+        import time
+
+        from ftpipe.data.fingerprint import digests
+        from ftpipe.data.near_duplicates import near_copies
+
+        assert self.signatures is not None and self.threshold is not None
+        started = time.perf_counter()
+        alive = np.flatnonzero(rows.alive & (self.slot[np.maximum(text_code, 0)] >= 0))
+        # One item per (file, target, text): exact copies left (deduplicate off, or across files) are not near-copies.
+        combo = (text_code[alive] * width + key[alive]) * len(SOURCES) + rows.source[alive]
+        _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+        items = alive[first]
+        # Visited in content order (text digest, target), so that which copy is kept does not depend on row order.
+        order = content_order(digests(distinct[text_code[items]]), key[items])
+        items = items[order]
+        group = rows.source[items].astype(np.int64) * width + key[items]
+        copy_of, similarity = near_copies(self.signatures[self.slot[text_code[items]]], group, self.threshold)
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        item_of_row = position[inverse]  # each alive row's item, in visiting order
+        copied = copy_of[item_of_row] >= 0
+        copies, kept = alive[copied], items[copy_of[item_of_row[copied]]]
+        hit = rows.reject_copies(copies, kept, "near_duplicate")
+        scores = similarity[item_of_row[copied]][hit]
+        self._note("near_duplicate", rows, distinct, text_code, copies[hit], kept[hit], scores)
+        self.seconds += time.perf_counter() - started
+
+    def across_splits(self, rows: _Rows, distinct: np.ndarray, text_code: np.ndarray, split: np.ndarray) -> None:
+        """``near_leakage``: a validation or test row near a kept train row."""
+        import time
+
+        from ftpipe.data.near_duplicates import near_matches
+
+        assert self.signatures is not None and self.threshold is not None
+        started = time.perf_counter()
+        signed = rows.alive & (self.slot[np.maximum(text_code, 0)] >= 0)
+        train = np.flatnonzero(signed & (split == 0))
+        evaluation = np.flatnonzero(signed & (split > 0))
+        train_texts, train_first = np.unique(text_code[train], return_index=True)
+        eval_texts, eval_inverse = np.unique(text_code[evaluation], return_inverse=True)
+        matched, similarity = near_matches(
+            self.signatures[self.slot[train_texts]], self.signatures[self.slot[eval_texts]], self.threshold
+        )
+        per_row = matched[eval_inverse]
+        leaked = per_row >= 0
+        copies, kept = evaluation[leaked], train[train_first[per_row[leaked]]]
+        hit = rows.reject_copies(copies, kept, "near_leakage")
+        scores = similarity[eval_inverse[leaked]][hit]
+        self._note("near_leakage", rows, distinct, text_code, copies[hit], kept[hit], scores)
+        self.seconds += time.perf_counter() - started
+
+    def _note(
+        self,
+        reason: str,
+        rows: _Rows,
+        distinct: np.ndarray,
+        text_code: np.ndarray,
+        copies: np.ndarray,
+        kept: np.ndarray,
+        scores: np.ndarray,
+    ) -> None:
+        """Keep a few (kept text, quarantined text) examples for the report, the least similar first."""
+        for index in np.argsort(scores, kind="stable")[:_NEAR_EXAMPLES].tolist():
+            copy, original = int(copies[index]), int(kept[index])
+            self.examples[reason].append(
+                {
+                    "kept": str(distinct[text_code[original]]),
+                    "quarantined": str(distinct[text_code[copy]]),
+                    "similarity": round(float(scores[index]), 3),
+                    "source_split": SOURCES[rows.source[copy]],
+                    "row": int(rows.row[copy]),
+                    "kept_split": SOURCES[rows.source[original]],
+                    "duplicate_of": int(rows.row[original]),
+                }
+            )
+
+    def summary(self, rows: _Rows) -> dict[str, Any]:
+        rejected = rows.rejected()
+        return {
+            "threshold": self.threshold,
+            "shingle": self.shingle,
+            "num_perm": NUM_PERM,
+            "texts_hashed": 0 if self.signatures is None else len(self.signatures),
+            "near_duplicate": rejected["near_duplicate"],
+            "near_leakage": rejected["near_leakage"],
+            "seconds": round(self.seconds, 2),
+            "examples": self.examples,
+        }
 
 
 def _reject_rare_labels(rows: _Rows, task: Task, targets: Targets, minimum: int) -> tuple[Targets, dict[str, int]]:
@@ -283,10 +423,18 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
         # may recur across splits (that is leakage, below).
         example = text_code[alive] * width + key[alive]
         scope = example * len(SOURCES) + rows.source[alive]
-        _, first = np.unique(scope, return_index=True)
-        duplicate = np.ones(n, dtype=bool)
-        duplicate[alive[first]] = False
-        rows.reject(duplicate, "duplicate")
+        _, first, inverse = np.unique(scope, return_index=True, return_inverse=True)
+        kept_row = alive[first][inverse]
+        copies = kept_row != alive
+        rows.reject_copies(alive[copies], kept_row[copies], "duplicate")
+
+    # 6b: near-duplicates, on what is left (MinHash of word shingles, once per distinct cleaned text)
+    threshold = cleaning.near_duplicate_threshold
+    near = _NearCopies(threshold, cleaning.near_duplicate_shingle)
+    if threshold is not None and (cleaning.deduplicate or cleaning.remove_leakage) and rows.alive.any():
+        near.sign(distinct, text_code, rows.alive)
+        if cleaning.deduplicate:
+            near.within_splits(rows, distinct, text_code, key, max(1, len(targets.vocabulary)))
 
     # rare labels: too few rows to split or learn from (before the split, which would otherwise fall back to an
     # unstratified one and leave the label's only row in one split)
@@ -317,10 +465,13 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
 
     # 7: leakage
     if cleaning.remove_leakage:
-        in_train = np.zeros(len(distinct), dtype=bool)
-        in_train[text_code[rows.alive & (split == 0)]] = True
-        evaluation = rows.alive & (split > 0)
-        rows.reject(evaluation & in_train[np.maximum(text_code, 0)], "leakage")
+        train_rows = np.flatnonzero(rows.alive & (split == 0))[::-1]
+        first_train = np.full(len(distinct), -1, dtype=np.int64)  # a text's first train row (later ones overwritten)
+        first_train[text_code[train_rows]] = train_rows
+        leaked = np.flatnonzero(rows.alive & (split > 0) & (first_train[np.maximum(text_code, 0)] >= 0))
+        rows.reject_copies(leaked, first_train[text_code[leaked]], "leakage")
+        if near.signatures is not None:
+            near.across_splits(rows, distinct, text_code, split)
 
     kept = rows.alive
     counts = {name: int((kept & (split == code)).sum()) for code, name in enumerate(SPLITS)}
@@ -343,6 +494,7 @@ def run(config: PipelineConfig, output_uri: str, storage: Storage | None = None)
         data_fingerprint,
     )
     report["rare_labels"] = rare_labels
+    report["near_duplicates"] = near.summary(rows)
     uris = {name: join(output_uri, f"{name}.parquet") for name in (*SPLITS, "quarantine")}
     for kind, extension in (("json", "json"), ("markdown", "md"), ("html", "html")):
         uris[f"report_{kind}"] = join(output_uri, f"report.{extension}")
@@ -397,6 +549,9 @@ def _quarantine_frame(rows: _Rows) -> pd.DataFrame:
             "text": rows.raw_text[mask].to_numpy(dtype=object, na_value=None),
             "label": np.array([_cell_text(value) for value in rows.raw_target[mask]], dtype=object),
             "reason": np.asarray(("",) + rows.reasons, dtype=object)[rows.reason[mask]],
+            # the row kept in a copy's place (duplicate, near_duplicate: in the same file; leakage, near_leakage: in
+            # the train file, or the one file); empty for the other reasons
+            "duplicate_of": pd.arrays.IntegerArray(rows.duplicate_of[mask], rows.duplicate_of[mask] < 0),
         }
     )
 
@@ -540,6 +695,10 @@ def _figures(report: dict[str, Any], tokens: np.ndarray, split: np.ndarray, kept
     return pictures
 
 
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _document(report: dict[str, Any], tokens: np.ndarray, split: np.ndarray, kept: np.ndarray) -> reports.Document:
     """report.md and report.html, from one document."""
     rows = report["rows"]
@@ -594,6 +753,20 @@ def _document(report: dict[str, Any], tokens: np.ndarray, split: np.ndarray, kep
         [[name, *(stats[name].get(key, "") for key in ("min", "median", "mean", "p95", "max"))] for name in SPLITS],
     )
     document.image(pictures["tokens"], "tokens")
+    near = report["near_duplicates"]
+    if near["threshold"] is not None:
+        document.section("Near-duplicates").text(
+            f"MinHash LSH ({near['num_perm']} hash values) of {near['shingle']}-word shingles of the cleaned text: "
+            f"{near['near_duplicate']} near-copies within a split and {near['near_leakage']} validation/test rows near "
+            f"a train row quarantined, at Jaccard similarity {near['threshold']} or more "
+            f"({near['texts_hashed']:,} distinct texts hashed in {near['seconds']} s)."
+        )
+        examples = [(reason, e) for reason, found in near["examples"].items() for e in found]
+        if examples:
+            document.table(
+                ["reason", "similarity", "kept", "quarantined"],
+                [[reason, e["similarity"], _shorten(e["kept"]), _shorten(e["quarantined"])] for reason, e in examples],
+            )
     if report["warnings"]:
         document.section("Warnings").items(report["warnings"], css="fail")
     document.section("Fingerprint").text(f"`{report['fingerprint']}`")
