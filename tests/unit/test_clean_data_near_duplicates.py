@@ -161,3 +161,28 @@ def test_one_file_keeps_one_of_its_near_copies_whatever_the_row_order(tmp_path, 
     assert second.fingerprint == first.fingerprint  # the copy kept does not depend on the order of the rows
     # The relabelled near-copy may only be quarantined once the split puts it and its original on two sides.
     assert first.rejected["near_leakage"] <= 1 and sum(first.counts.values()) + sum(first.rejected.values()) == 71
+
+
+def test_a_chain_of_edits_is_compared_with_what_was_kept():
+    from ftpipe.data.near_duplicates import bands, near_copies, near_matches
+
+    rng = np.random.default_rng(5)
+    vocabulary = [f"word{i}" for i in range(5000)]
+    first = [str(w) for w in rng.choice(vocabulary, 60, replace=False)]
+    second, third = list(first), list(first)
+    for at in (5, 25, 45):  # three words replaced, then three more
+        second[at] = third[at] = f"new{at}"
+    for at in (15, 35, 55):
+        third[at] = f"newer{at}"
+    texts = [" ".join(first), " ".join(second), " ".join(third)]
+    assert jaccard(texts[0], texts[1]) > 0.8 and jaccard(texts[1], texts[2]) > 0.8
+    assert jaccard(texts[0], texts[2]) < 0.67
+    signed, _ = signatures(texts, 2)
+    copy_of, similarity = near_copies(signed, np.zeros(3, dtype=np.int64), 0.7)
+    # the third is near the second, a copy, not near the first, which was kept: it is kept
+    assert copy_of.tolist() == [-1, 0, -1] and 0.7 <= similarity[1] < 1
+    # another group (another file or target) is never compared
+    assert near_copies(signed, np.array([0, 1, 1]), 0.7)[0].tolist() == [-1, -1, 1]
+    matched, _ = near_matches(signed[:1], signed[1:], 0.7)
+    assert matched.tolist() == [0, -1]
+    assert bands(0.7) == (20, 6)  # datasketch's optimum, weighted against false negatives
