@@ -181,15 +181,6 @@ class SelectModelConfig(StrictModel):
     label_noise_folds: int = Field(
         5, ge=2, le=20, description="Cross-validation folds of the out-of-fold probe probabilities."
     )
-    label_noise: Literal["report", "quarantine", "off"] = Field(
-        "report",
-        description="Suspected mislabels among the probed train rows (confident learning on the selected "
-        "candidate's out-of-fold probe probabilities; single-label tasks only): `report` lists them, "
-        "`quarantine` also trains on a copy of the train split without them, `off` skips the check.",
-    )
-    label_noise_folds: int = Field(
-        5, ge=2, le=20, description="Cross-validation folds of the out-of-fold probe probabilities."
-    )
 
 
 class FinetuneConfig(StrictModel):
