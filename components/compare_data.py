@@ -45,7 +45,5 @@ def compare_data(
         metrics.log_metric("drifted", float(result.drifted))
     for test in result.drift_tests:  # KFP metric names: letters, digits and underscores
         metric = re.sub(r"\W+", "_", test.name)
-        metrics.log_metric(f"{metric}_statistic", test.statistic)
-        if test.p_value is not None:
-            metrics.log_metric(f"{metric}_p_value", test.p_value)
+        task.log_metrics(metrics, {f"{metric}_statistic": test.statistic, f"{metric}_p_value": test.p_value})
     return task.succeeded(result.changed)

@@ -46,12 +46,9 @@ def evaluate(
     if isinstance(result, task.Stopped):
         return result.outputs(evaluation, metrics, confusion, report, report_markdown, gate_passed=False)
     task.write_result(evaluation, result, gate_passed=result.gate_passed, gate_reasons="\n".join(result.reasons))
-    for name, value in result.metrics.items():  # the task's scalar metrics; details (per class, ...) are in the report
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            metrics.log_metric(name, value)
+    task.log_metrics(metrics, result.metrics)  # the task's scalar metrics; details (per class, ...) are in the report
     for baseline in result.baselines:  # beside the model's, as the report has them
-        for name, value in baseline.metrics.items():
-            metrics.log_metric(f"baseline_{baseline.name}_{name}", value)
+        task.log_metrics(metrics, {f"baseline_{baseline.name}_{key}": value for key, value in baseline.metrics.items()})
     if result.production is not None:
         metrics.log_metric("production_version", result.production.version)
     if result.confusion_matrix:  # only tasks with one confusion matrix (single-label classification) have it

@@ -44,9 +44,14 @@ def finetune(
     if isinstance(result, task.Stopped):
         return result.outputs(model, training_metrics, report, report_markdown)
     task.write_result(model, result, model_uri=result.model_uri, base_model=result.base_model_source)
-    training_metrics.log_metric(f"best_validation_{result.best_metric_name}", result.best_metric_value)
-    training_metrics.log_metric("epochs_trained", result.epochs_trained)
-    training_metrics.log_metric("train_examples_per_second", result.train_examples_per_second)
+    task.log_metrics(
+        training_metrics,
+        {
+            f"best_validation_{result.best_metric_name}": result.best_metric_value,
+            "epochs_trained": result.epochs_trained,
+            "train_examples_per_second": result.train_examples_per_second,
+        },
+    )
     task.copy_report(config_json, result.report_html_uri, report)
     task.copy_report(config_json, result.report_markdown_uri, report_markdown)
     return task.succeeded()

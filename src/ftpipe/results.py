@@ -16,7 +16,9 @@ ResultT = TypeVar("ResultT", bound="StepResult")
 class StepResult(BaseModel):
     """Base of every step's result: frozen, JSON round-trippable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN stays NaN through JSON (pydantic writes null by default, which no float field reads back): a metric a
+    # baseline cannot have (perplexity of a constant answer), a validation metric no evaluation produced.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -27,7 +29,9 @@ class StepResult(BaseModel):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN stays NaN through JSON (pydantic writes null by default, which no float field reads back): a metric a
+    # baseline cannot have (perplexity of a constant answer), a validation metric no evaluation produced.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class FingerprintDataResult(StepResult):

@@ -20,9 +20,10 @@ import functools
 import gc
 import importlib
 import logging
+import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -132,6 +133,17 @@ def write_text(artifact: Any, text: str, **metadata: Any) -> None:
 def write_result(artifact: Any, result: StepResult, **metadata: Any) -> None:
     """Store a step result in its KFP artifact (the next task reads it back)."""
     write_text(artifact, result.to_json(), **metadata)
+
+
+def log_metrics(artifact: Any, values: Mapping[str, Any]) -> None:
+    """Log each finite number of ``values`` on a KFP Metrics artifact, leaving out the rest (NaN, infinity, None).
+
+    KFP stores a metric as a protobuf number, which cannot hold NaN: one such value fails the task after its step
+    has run (a baseline without perplexity, a drift test that could not run). Every value is in the report.
+    """
+    for name, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            artifact.log_metric(name, value)
 
 
 def read_result(artifact: Any, result_type: type[ResultT]) -> ResultT:

@@ -391,3 +391,16 @@ def test_inputs_that_do_not_fit_are_clear_errors(tmp_path, tiny_bert_dir, always
         evaluate.run(config, always_ham + "/config.json", LABELS, always_ham, str(tmp_path / "out"))
     with pytest.raises(ModelError, match="cannot load"):
         evaluate.run(config, make_test_split(tmp_path / "t.parquet"), LABELS, str(tmp_path), str(tmp_path / "o"))
+
+
+def test_a_metric_a_baseline_cannot_have_survives_the_json_round_trip_between_tasks():
+    from ftpipe.results import BaselineScore
+
+    nan = float("nan")
+    score = BaselineScore(
+        name="most_frequent", kind="constant", description="always the most frequent completion", required=True,
+        compared_metric="exact_match", metrics={"exact_match": 0.1, "perplexity": nan},
+        intervals={"perplexity": [nan, nan]}, delta={"perplexity": nan}, delta_intervals={"perplexity": [nan, nan]},
+    )
+    back = BaselineScore.model_validate_json(score.model_dump_json())  # evaluate's result, as register_model reads it
+    assert back.metrics["exact_match"] == 0.1 and np.isnan(back.metrics["perplexity"])

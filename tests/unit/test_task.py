@@ -98,3 +98,14 @@ def test_a_transient_error_fails_the_task_so_that_kfp_retries_it(tmp_path, capsy
     assert failed.value.code == 3
     assert "does not answer" in capsys.readouterr().err
     assert task.succeeded("abc") == (True, "", "abc")
+
+
+def test_log_metrics_leaves_out_what_kfp_cannot_store():
+    from google.protobuf import json_format, struct_pb2
+    from kfp.dsl import Metrics
+
+    metrics = Metrics(name="metrics", uri="unused")
+    task.log_metrics(metrics, {"accuracy": 0.9, "perplexity": float("nan"), "rmse": float("inf"), "p_value": None,
+                               "passed": True, "steps": 12})
+    assert metrics.metadata == {"accuracy": 0.9, "steps": 12}
+    json_format.ParseDict(metrics.metadata, struct_pb2.Struct())  # what the KFP executor does; NaN would raise
