@@ -69,7 +69,10 @@ def pipeline_config(prefix: str, model_uri: str, data_uri: str) -> dict[str, Any
         },
         "candidates": [{"name": "tiny", "source": model_uri}],
         "selection": {"probe_train_rows": 64, "probe_validation_rows": 32},
-        "training": {"epochs": 1, "batch_size": 16, "max_length": 64},
+        # Six epochs at 3e-3: enough for the tiny random BERT to beat the majority baseline, which the gate requires
+        # before register_model runs (one epoch learnt nothing); TF-IDF is only reported, as the tiny model may lose.
+        "training": {"epochs": 6, "batch_size": 16, "max_length": 64, "learning_rate": 3e-3},
+        "gate": {"linear_baseline": "report"},
         "registry": {"uri": f"{prefix}/registry", "model_name": "overhead-bench"},
         "storage": {"artifact_root": f"{prefix}/runs"},
     }
