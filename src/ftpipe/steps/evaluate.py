@@ -181,7 +181,12 @@ def gate_decision(
             continue
         # A linear model on TF-IDF is often nearly as good: requiring a significant win over it on a few hundred
         # test rows would reject models that are as good or better; the point estimate must be better.
-        significance = "significant" if low > 0 else "not significant on these rows"
+        if low > 0:
+            significance = "significantly better"
+        elif high < 0:
+            significance = "significantly worse"
+        else:
+            significance = "not significant on these rows"
         ok = point > _EPSILON
         text = f"{head}: {numbers} ({significance})"
         if baseline.required:
