@@ -42,7 +42,10 @@ def _prepare_sft():
 def sft_config(s3_storage, smollm2_gguf, tmp_path, request):
     script = _prepare_sft()
     prefix = f"s3://ftpipe/e2e/{request.node.name}"
-    sample = pd.read_csv(REPO / "tests" / "assets" / "sms-spam-sample.csv").sample(n=ROWS, random_state=3)
+    # Half spam: the gate requires beating the most frequent answer, which on the sample's 3:1 ham was what one
+    # epoch learnt (exact match 0.774, the baseline's to the row).
+    sms = pd.read_csv(REPO / "tests" / "assets" / "sms-spam-sample.csv")
+    sample = sms.groupby("spam").sample(n=ROWS // 2, random_state=3).sample(frac=1.0, random_state=3)
     rows = [
         {"prompt": script.INSTRUCTION + str(text), "answer": "spam" if int(spam) else "ham"}
         for text, spam in zip(sample["text"], sample["spam"], strict=True)
@@ -63,7 +66,8 @@ def sft_config(s3_storage, smollm2_gguf, tmp_path, request):
         "training": {
             "adapter": "lora",
             "adapter_save": "adapter",
-            "epochs": 1,
+            "epochs": 2,
+            "learning_rate": 5e-4,
             "batch_size": 8,
             "eval_steps": 8,
             "max_length": 96,
