@@ -77,8 +77,10 @@ def find_label_issues(probe: ProbeFeatures, folds: int, seed: int) -> LabelIssue
     folds = min(folds, smallest)
     compact_probe = ProbeFeatures(probe.features, compact, probe.classifier)
     probabilities = out_of_fold_probabilities(compact_probe, folds, seed)
+    # n_jobs=1: cleanlab otherwise forks a multiprocessing pool, and a fork of a process whose torch threads are
+    # running can hang forever (it did, in the test suite); the work is a few array operations anyway.
     positions = cleanlab.filter.find_label_issues(
-        labels=compact, pred_probs=probabilities, return_indices_ranked_by="self_confidence"
+        labels=compact, pred_probs=probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
     )
     positions = np.asarray(positions, dtype=np.int64)
     flagged = probabilities[positions].copy()
