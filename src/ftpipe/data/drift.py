@@ -279,16 +279,15 @@ def classifier_test(old: Sequence[str], new: Sequence[str], settings: DriftConfi
     method = "classifier two-sample test (TF-IDF + logistic regression, cross-validated AUC)"
     rule = f"AUC >= {settings.min_auc:g} and p < {settings.significance:g}"
     rows = min(len(old), len(new))
-    if rows < MIN_CLASSIFIER_ROWS:
+
+    def not_run(why: str) -> DriftTest:  # chance-level AUC, no p-value, no drift
         return DriftTest(
-            name="classifier",
-            method=method,
-            statistic=0.5,
-            p_value=None,
-            rule=rule,
-            drifted=False,
-            detail=f"not run: {rows} rows a side, fewer than {MIN_CLASSIFIER_ROWS}",
+            name="classifier", method=method, statistic=0.5, p_value=None, rule=rule, drifted=False,
+            detail=f"not run: {why}",
         )
+
+    if rows < MIN_CLASSIFIER_ROWS:
+        return not_run(f"{rows} rows a side, fewer than {MIN_CLASSIFIER_ROWS}")
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, permutation_test_score
@@ -296,15 +295,7 @@ def classifier_test(old: Sequence[str], new: Sequence[str], settings: DriftConfi
     try:
         features = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform([*old, *new])
     except ValueError:  # no word seen twice: nothing for a classifier to learn from
-        return DriftTest(
-            name="classifier",
-            method=method,
-            statistic=0.5,
-            p_value=None,
-            rule=rule,
-            drifted=False,
-            detail="not run: no word occurs twice in the samples",
-        )
+        return not_run("no word occurs twice in the samples")
     sides = np.r_[np.zeros(len(old), dtype=np.int64), np.ones(len(new), dtype=np.int64)]
     auc, _, p_value = permutation_test_score(
         LogisticRegression(solver="liblinear", max_iter=200),
