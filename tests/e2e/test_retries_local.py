@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tcp_pipe import pipe
 
 from ftpipe.cli import main
 
@@ -103,19 +104,8 @@ class _FlakyProxy:
             return
         upstream = socket.create_connection(self.target)
         upstream.sendall(first)
-        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-        self._pipe(client, upstream)
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-            source.close()
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
 
     def close(self) -> None:
         self.listener.close()

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tcp_pipe import pipe
+
 from ftpipe import s3server
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/[^ ?]*)(?:\?[^ ]*)? HTTP/1\.1\r\n")
@@ -96,7 +98,7 @@ class S3Proxy:
                         upstream.settimeout(None)
                     except OSError:
                         return  # the server is down: the client sees its connection closed
-                    threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+                    threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
                 upstream.sendall(data)
         except OSError:
             pass
@@ -104,17 +106,6 @@ class S3Proxy:
             client.close()
             if upstream is not None:
                 upstream.close()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-            source.close()
 
     def close(self) -> None:
         self.listener.close()

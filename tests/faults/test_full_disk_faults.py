@@ -57,6 +57,15 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ftpipe: error:")]
 
 
+def _one_no_space_line(done, disk: Path) -> list[str]:
+    """The step failed with exactly one error line, naming the full directory, and no traceback."""
+    errors = _error_lines(done.stderr)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], errors
+    return errors
+
+
 def test_finetune_on_a_full_work_directory_fails_with_one_line_and_writes_nothing_half(
     s3_storage, tiny_bert_dir, tmp_path, fault_table
 ):
@@ -80,10 +89,7 @@ def test_finetune_on_a_full_work_directory_fails_with_one_line_and_writes_nothin
     disk = tmp_path / "work"
     # 6 MB: the model's 4 MB of weights fit, a checkpoint's 12 MB (weights and AdamW's two moments) do not
     done = _run_on_small_disk(args, disk, 6, tmp_path)
-    errors = _error_lines(done.stderr)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], errors
+    errors = _one_no_space_line(done, disk)
 
     written = s3_storage.list(f"{root}/runs")
     assert [uri for uri in written if "/model/" in uri or uri.endswith(MIRROR_MARKER)] == []
@@ -121,10 +127,7 @@ def test_clean_data_on_a_full_work_directory_fails_with_one_line_and_uploads_no_
     }
     disk = tmp_path / "work"
     done = _run_on_small_disk({"step": "clean_data", "config": config, "run_id": "run-1"}, disk, 1, tmp_path)
-    errors = _error_lines(done.stderr)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], errors
+    errors = _one_no_space_line(done, disk)
     written = s3_storage.list(f"{root}/runs")
     assert written == []  # not one split without the others (nor any report)
     fault_table.add(
@@ -150,10 +153,7 @@ def test_clean_data_of_a_dataset_larger_than_the_work_directory_fails_with_one_l
     }
     disk = tmp_path / "work"
     done = _run_on_small_disk({"step": "clean_data", "config": config, "run_id": "run-1"}, disk, 1, tmp_path)
-    errors = _error_lines(done.stderr)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], errors
+    errors = _one_no_space_line(done, disk)
     written = s3_storage.list(f"{root}/runs")
     assert written == []
     fault_table.add(
