@@ -216,6 +216,13 @@ class FinetuneConfig(StrictModel):
         description="Texts are truncated to this many tokens. None: the length 98% of the training texts fit in "
         "(a multiple of 8, at least 32, at most the model's window); the model is saved with it.",
     )
+    truncation: Literal["auto", "head", "head_tail"] = Field(
+        "auto",
+        description="How a text longer than max_length is cut: `head` keeps its first tokens, `head_tail` its first "
+        "and last halves (Sun et al. 2019 found it best for long texts), for the tasks that read each text as a "
+        "whole (text and multi-label classification, regression; the others keep their own way). auto: head_tail "
+        "where texts are longer than the model's window, otherwise head. The model is saved with the choice.",
+    )
     eval_steps: int | None = Field(
         None,
         ge=1,
@@ -1037,8 +1044,10 @@ class PipelineConfig(StrictModel):
                     if isinstance(condition, CategoricalParam) and value not in condition.choices:
                         raise ValueError(f"{here}: {value!r} is not one of sweep.space.{other}'s choices")
                 elif other == "candidate":
-                    raise ValueError(f"{here}: `candidate` is not in sweep.space (a fixed candidate is only known "
-                                     "after select_model)")
+                    raise ValueError(
+                        f"{here}: `candidate` is not in sweep.space (a fixed candidate is only known "
+                        "after select_model)"
+                    )
                 else:
                     self._check_training_value(here, self._training_field(here, other), value)
         return self
@@ -1047,8 +1056,10 @@ class PipelineConfig(StrictModel):
         """The FinetuneConfig field a `training.<field>` path names."""
         prefix, _, field = path.partition(".")
         if prefix != "training" or field not in FinetuneConfig.model_fields:
-            raise ValueError(f"{where}: unknown setting {path!r} (use `candidate` or training.<field>, one of "
-                             f"{', '.join(FinetuneConfig.model_fields)})")
+            raise ValueError(
+                f"{where}: unknown setting {path!r} (use `candidate` or training.<field>, one of "
+                f"{', '.join(FinetuneConfig.model_fields)})"
+            )
         if field in _UNSWEPT_TRAINING:
             raise ValueError(f"{where}: {path} cannot be swept: trials scored on different metrics do not compare")
         return field

@@ -97,7 +97,18 @@ def test_trains_and_saves_a_model_that_reloads_and_predicts(tiny_bert_dir, split
     assert "of the training texts fit in" in length_line
     assert tokenizer.model_max_length == int(length_line.split()[2]) < 512
     assert "epochs = 2 (set in the config)" in result.recipe
+    assert "truncation = head (every training text fits the model's window of 512 tokens)" in result.recipe
+    assert model.config.ftpipe_truncation == "head"
     assert "## Recipe" in Path(result.report_markdown_uri).read_text()
+
+
+def test_head_tail_truncation_is_saved_with_the_model(tiny_bert_dir, splits):
+    from transformers import AutoConfig
+
+    config = make_config(tiny_bert_dir, epochs=1, max_length=8, truncation="head_tail")
+    result = finetune.run(config, splits.train, splits.validation, LABELS, "tiny", splits.output)
+    assert "truncation = head_tail (set in the config)" in result.recipe
+    assert AutoConfig.from_pretrained(result.model_uri).ftpipe_truncation == "head_tail"
 
 
 def test_early_stopping_ends_training_when_validation_stops_improving(tiny_bert_dir, splits):
@@ -319,8 +330,21 @@ def test_an_adapter_saved_alone_merges_back_onto_its_exact_base(tiny_bert_dir, s
     registry = ModelRegistry(Storage(), str(tmp_path / "registry"))
     registry.register("adapted", model_dir, {"task": "text_classification"}, "card")
     exported = tmp_path / "exported"
-    assert main(["registry", "export", "adapted", "1", "--merged", str(exported), "--registry-uri",
-                 str(tmp_path / "registry")]) == 0
+    assert (
+        main(
+            [
+                "registry",
+                "export",
+                "adapted",
+                "1",
+                "--merged",
+                str(exported),
+                "--registry-uri",
+                str(tmp_path / "registry"),
+            ]
+        )
+        == 0
+    )
     assert "its adapter merged into its base" in capsys.readouterr().out
     assert (exported / "model.safetensors").is_file() and not (exported / "adapter_config.json").exists()
 
@@ -340,8 +364,12 @@ def test_an_adapter_saved_alone_merges_back_onto_its_exact_base(tiny_bert_dir, s
         next(weights.parameters()).add_(0.01)
     weights.save_pretrained(base)
     again = tmp_path / "again"
-    assert main(["registry", "export", "adapted", "1", "--merged", str(again), "--registry-uri",
-                 str(tmp_path / "registry")]) != 0
+    assert (
+        main(
+            ["registry", "export", "adapted", "1", "--merged", str(again), "--registry-uri", str(tmp_path / "registry")]
+        )
+        != 0
+    )
     assert "is not the one this adapter was trained on" in capsys.readouterr().err
     assert not again.exists()
 

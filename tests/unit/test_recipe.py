@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ftpipe.config import FinetuneConfig
-from ftpipe.training.recipe import derive, fit_max_length
+from ftpipe.errors import ConfigError
+from ftpipe.training.recipe import derive, fit_max_length, fit_truncation
 
 MINILM = 22_700_000
 
@@ -62,5 +63,35 @@ def test_max_length_fits_most_texts_in_multiples_of_eight_within_the_window():
     assert fit_max_length(unset, [5, 6, 7], window=512)[0] == 32  # never below 32
     long_texts = [600] * 50 + [100] * 50
     length, reason = fit_max_length(unset, long_texts, window=512)
-    assert length == 512 and "50.0% of them are cut to their first 512 tokens" in reason
+    assert length == 512 and "50.0% of them are longer and are cut (truncation)" in reason
     assert fit_max_length(FinetuneConfig(max_length=200), lengths, window=512) == (200, "set in the config")
+
+
+def test_texts_longer_than_the_window_lose_their_middle_where_the_task_reads_them_whole():
+    auto = FinetuneConfig()
+    long_texts = [600] * 3 + [100] * 97
+    assert fit_truncation(auto, long_texts, 512, head_tail=True) == (
+        "head_tail",
+        "3 training texts are longer than the model's window of 512 tokens",
+    )
+    # texts cut at a fitted max_length below the window keep their head, as do tasks that tag every token
+    assert fit_truncation(auto, [100] * 100, 512, head_tail=True)[0] == "head"
+    assert fit_truncation(auto, long_texts, 512, head_tail=False) == (
+        "head",
+        "this task keeps each text's first tokens",
+    )
+    assert fit_truncation(FinetuneConfig(truncation="head"), long_texts, 512, head_tail=True) == (
+        "head",
+        "set in the config",
+    )
+    with pytest.raises(ConfigError, match="training.truncation: head_tail cuts a text's middle"):
+        fit_truncation(FinetuneConfig(truncation="head_tail"), long_texts, 512, head_tail=False)
+    recipe = derive(
+        auto,
+        train_rows=100,
+        batch_size=16,
+        num_parameters=MINILM,
+        max_length=(512, "given"),
+        truncation=("head_tail", "why"),
+    )
+    assert recipe.truncation == "head_tail" and "truncation = head_tail (why)" in recipe.lines()

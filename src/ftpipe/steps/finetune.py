@@ -59,10 +59,10 @@ from ftpipe.steps.select_model import (
 )
 from ftpipe.storage import Storage, full_disk_errors, join
 from ftpipe.tasks import Task, get_task
-from ftpipe.tasks.base import stratified_sample
+from ftpipe.tasks.base import TRUNCATION, stratified_sample
 from ftpipe.training import adapters, launch, metric_keys
 from ftpipe.training.checkpoints import delete_prefix, restore_checkpoints, steps_redone
-from ftpipe.training.recipe import Recipe, derive, fit_max_length
+from ftpipe.training.recipe import Recipe, derive, fit_max_length, fit_truncation
 
 if TYPE_CHECKING:  # transformers (and torch) load inside run(): importing this module stays light
     from transformers import TrainerCallback
@@ -227,9 +227,7 @@ def _training_arguments(
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     batch_size = batch_size or training.batch_size
-    steps_per_epoch = math.ceil(
-        train_rows / (batch_size * launch.world_size() * training.gradient_accumulation_steps)
-    )
+    steps_per_epoch = math.ceil(train_rows / (batch_size * launch.world_size() * training.gradient_accumulation_steps))
     return getattr(transformers, task.trainer_classes()[0])(
         output_dir=str(output_dir),
         learning_rate=recipe.learning_rate,
@@ -502,7 +500,16 @@ def run(
     chosen = find_candidate(config, candidate if isinstance(candidate, str) else candidate.name)
     if not launch.in_worker():
         launched = _launch_elsewhere(
-            config, train_uri, validation_uri, labels, chosen.name, output_uri, storage, work_dir, callbacks, run_id,
+            config,
+            train_uri,
+            validation_uri,
+            labels,
+            chosen.name,
+            output_uri,
+            storage,
+            work_dir,
+            callbacks,
+            run_id,
             trial,
         )
         if launched is not None:
@@ -526,9 +533,8 @@ def run(
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(training.cpu_threads or max(1, available_cpus() // launch.local_world_size()))
-    max_length = fit_max_length(
-        training, _token_lengths(task, tokenizer, train, training.seed), _window(model, tokenizer)
-    )
+    token_lengths, window = _token_lengths(task, tokenizer, train, training.seed), _window(model, tokenizer)
+    max_length = fit_max_length(training, token_lengths, window)
     batch_size = _device_batch_size(training, model, num_parameters, max_length[0]) if cuda else training.batch_size
     recipe = derive(
         training,
@@ -536,16 +542,21 @@ def run(
         batch_size=batch_size * launch.world_size(),  # the rows of one optimizer step, over every process
         num_parameters=num_parameters,
         max_length=max_length,
+        truncation=fit_truncation(training, token_lengths, window, head_tail=task.head_tail_truncation),
     )
     for line in recipe.lines():
         logger.info("recipe: %s", line)
     tokenizer.model_max_length = recipe.max_length  # saved with the model: prediction truncates as training did
+    setattr(model.config, TRUNCATION, recipe.truncation)  # and cuts a long text where training did
     tracked = tracking.TrainingRun(
         config,
         run_id,
         trial,
         params={
-            **{name: getattr(recipe, name) for name in ("learning_rate", "epochs", "warmup_steps", "max_length")},
+            **{
+                name: getattr(recipe, name)
+                for name in ("learning_rate", "epochs", "warmup_steps", "max_length", "truncation")
+            },
             "eval_steps": recipe.eval_steps or "epoch",
             "batch_size": batch_size,
             "candidate": chosen.name,

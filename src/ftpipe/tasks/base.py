@@ -111,6 +111,10 @@ class Task(ABC):
     linear_baseline: ClassVar[str | None] = None
     """The name of the task's linear baseline (``tfidf_logistic``), or None where it has none: the gate
     requires beating it (``gate.linear_baseline``), so evaluate needs the train split to fit it on."""
+    head_tail_truncation: ClassVar[bool] = False
+    """A row is one text read as a whole (a label or score for all of it), so a text longer than the window can
+    lose its middle instead of its end (``training.truncation``); False where each token matters (tags) or the
+    task cuts its own inputs (the generative tasks)."""
     one_target_per_text: ClassVar[bool] = True
     """A text with two different targets is a contradiction (quarantined as ``conflicting_labels``); False where
     one input may have several right outputs (a prompt and its replies)."""
@@ -359,7 +363,6 @@ class Task(ABC):
         """Python that loads the registered model from ``DIRECTORY`` and predicts; it must run as printed."""
 
 
-
 # -- helpers the tasks share ------------------------------------------------------------------------
 
 
@@ -437,6 +440,19 @@ def head_and_tail(ids: Sequence[int], budget: int) -> list[int]:
         return list(ids)
     head = budget // 2
     return [*ids[:head], *ids[len(ids) - (budget - head) :]]
+
+
+TRUNCATION = "ftpipe_truncation"
+"""The model config's attribute naming how its texts were cut (``head`` or ``head_tail``): prediction cuts alike."""
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head") -> dict[str, list]:
+    """Token ids (special tokens included) of each text, at most ``max_length``: its first ones (``head``), or
+    its first and last halves (``head_tail``, :func:`head_and_tail`; the special tokens at either end stay)."""
+    if truncation != "head_tail":
+        return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
+    whole = tokenizer(list(texts), truncation=False, verbose=False)  # verbose: no "longer than the model" warning
+    return {key: [head_and_tail(ids, max_length) for ids in rows] for key, rows in whole.items()}
 
 
 def sorted_by_length(texts: Sequence[str]) -> np.ndarray:

@@ -360,6 +360,7 @@ class MultiLabelClassification(Task):
     peft_task_type = "SEQ_CLS"
     linear_baseline = "tfidf_logistic"
     label_strata = True  # the split is stratified on each row's rarest label
+    head_tail_truncation = True
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -591,7 +592,7 @@ class MultiLabelClassification(Task):
         order = [model_config.id2label[i] for i in range(model_config.num_labels)]
         # BCEWithLogits wants float targets of the logits' shape: one multi-hot row per text.
         targets = multi_hot(frame[LABELS].tolist(), order).astype(np.float32)
-        return tokenized(frame[TEXT].tolist(), targets.tolist(), tokenizer, max_length)
+        return tokenized(frame[TEXT].tolist(), targets.tolist(), tokenizer, max_length, model_config)
 
     def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
         def compute(eval_prediction) -> dict[str, float]:
@@ -790,7 +791,7 @@ class MultiLabelClassification(Task):
                 f'thresholds = getattr(model.config, "{THRESHOLDS}", None) or [0.5] * len(labels)',
                 "",
                 'texts = ["The app crashes every time I open my invoice", "Thanks, all good now"]',
-                "batch = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors=\"pt\")",
+                'batch = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")',
                 "with torch.inference_mode():",
                 "    scores = model(**batch).logits.sigmoid()",
                 "for text, row in zip(texts, scores.tolist()):",

@@ -229,6 +229,7 @@ class Regression(Task):
     target_reasons = (_MISSING, _NOT_A_NUMBER)
     pipeline_tag = "text-classification"  # the Hub's task for a sequence-classification head, regression included
     linear_baseline = "tfidf_ridge"
+    head_tail_truncation = True
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
 
@@ -420,7 +421,9 @@ class Regression(Task):
         mean, scale = standardisation(model_config)
         labels = [model_config.id2label[i] for i in range(model_config.num_labels)]
         standardised = (self._values(frame, labels) - mean) / scale
-        return tokenized(frame[TEXT].tolist(), standardised.astype(np.float32).tolist(), tokenizer, max_length)
+        return tokenized(
+            frame[TEXT].tolist(), standardised.astype(np.float32).tolist(), tokenizer, max_length, model_config
+        )
 
     def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
         mean, scale = standardisation(model_config)

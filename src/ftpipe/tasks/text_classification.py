@@ -32,6 +32,7 @@ from ftpipe.tasks.base import (
     CONSTANT,
     LINEAR,
     TEXT,
+    TRUNCATION,
     Baseline,
     ProbeFeatures,
     ProbeScore,
@@ -41,6 +42,7 @@ from ftpipe.tasks.base import (
     cells_as_text,
     device,
     embed,
+    encode,
     reason_codes,
     require_columns,
     tfidf_features,
@@ -140,29 +142,32 @@ def predict_outputs(
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each text's last token by it
     texts = list(texts)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding per batch
+    truncation = getattr(model.config, TRUNCATION, "head")  # as the model was trained
+    encoded = encode(tokenizer, texts, max_length or tokenizer.model_max_length, truncation)
+    order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")  # little padding per batch
     run_on = device()
     model.to(run_on).eval()
     outputs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            batch = tokenizer.pad(
+                {key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt"
             )
             logits = model(**{key: value.to(run_on) for key, value in batch.items()}).logits.float()
             outputs[rows] = _ACTIVATIONS[activation](logits).cpu().numpy()
     return outputs
 
 
-def tokenized(texts: list[str], targets: list[Any], tokenizer: Any, max_length: int):
-    """A ``datasets.Dataset`` of unpadded token ids and ``labels``, tokenized once, in batches."""
+def tokenized(texts: list[str], targets: list[Any], tokenizer: Any, max_length: int, model_config: Any):
+    """A ``datasets.Dataset`` of unpadded token ids and ``labels``, tokenized once, in batches, cut as the model's
+    config says (``ftpipe_truncation``)."""
     import datasets
 
+    truncation = getattr(model_config, TRUNCATION, "head")
     dataset = datasets.Dataset.from_dict({"text": texts, "labels": targets})
     return dataset.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        lambda batch: encode(tokenizer, batch["text"], max_length, truncation),
         batched=True,
         remove_columns=["text"],
         keep_in_memory=True,
@@ -186,6 +191,7 @@ class TextClassification(Task):
     peft_task_type = "SEQ_CLS"
     linear_baseline = "tfidf_logistic"
     label_strata = True  # the split is stratified on the label itself
+    head_tail_truncation = True
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -289,7 +295,7 @@ class TextClassification(Task):
     # -- model ---------------------------------------------------------------------------------
 
     def dataset(self, frame: pd.DataFrame, tokenizer: Any, max_length: int, model_config: Any):
-        return tokenized(frame[TEXT].tolist(), frame["label_id"].tolist(), tokenizer, max_length)
+        return tokenized(frame[TEXT].tolist(), frame["label_id"].tolist(), tokenizer, max_length, model_config)
 
     def compute_metrics(self, model_config: Any) -> Callable[[Any], dict[str, float]]:
         from sklearn.metrics import accuracy_score, f1_score

@@ -6,7 +6,12 @@ steps to leave its starting point. So each unset setting is derived, and logged 
 
 - ``max_length``: the length (in the candidate's own tokens) that 98% of the training texts fit in, rounded up
   to a multiple of 8, at least 32 and at most the model's window; most text sets are far shorter than 512, and
-  attention costs grow with it. Longer texts keep their head (truncation from the right).
+  attention costs grow with it.
+- ``truncation``: where texts are longer than the model's window, the tasks that read a text as a whole cut its
+  middle (``head_tail``: the first and last halves of the window), since the start and the end of a long text
+  carry most of what decides its label (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": head
+  plus tail beat head-only and tail-only on IMDb and Yelp); otherwise ``head`` (texts cut at the fitted length
+  are only the longest 2%, whose heads suffice).
 - ``epochs``: enough for at least :data:`MIN_STEPS` optimizer steps (small sets need more epochs, not fewer:
   Mosbach et al. 2021, "On the stability of fine-tuning BERT"), at least :data:`BASE_EPOCHS`, and at most
   :data:`MAX_STEPS` steps or :data:`MAX_EPOCHS` epochs; early stopping ends sooner when validation stops
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ftpipe.config import FinetuneConfig
+from ftpipe.errors import ConfigError
 
 MIN_STEPS = 500
 BASE_EPOCHS = 3.0
@@ -57,6 +63,7 @@ class Recipe:
     max_length: int
     eval_steps: int | None  # None: evaluate (and save a checkpoint) once per epoch
     total_steps: int
+    truncation: str = "head"
     reasons: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -66,6 +73,7 @@ class Recipe:
             "epochs": f"{self.epochs:g}",
             "warmup_steps": str(self.warmup_steps),
             "max_length": str(self.max_length),
+            "truncation": self.truncation,
             "eval_steps": "every epoch" if self.eval_steps is None else str(self.eval_steps),
         }
         return [f"{name} = {value} ({self.reasons[name]})" for name, value in values.items()]
@@ -84,8 +92,33 @@ def fit_max_length(training: FinetuneConfig, token_lengths: Sequence[int], windo
     reason = f"{LENGTH_QUANTILE:.0%} of the training texts fit in {fits} tokens, the longest has {longest}"
     if chosen == window and fits > window:
         share = float((lengths > window).mean())
-        reason += f"; the model's window is {window}: {share:.1%} of them are cut to their first {window} tokens"
+        reason += f"; the model's window is {window}: {share:.1%} of them are longer and are cut (truncation)"
     return chosen, reason
+
+
+def fit_truncation(
+    training: FinetuneConfig, token_lengths: Sequence[int], window: int, *, head_tail: bool
+) -> tuple[str, str]:
+    """``training.truncation``, or how texts longer than the model's ``window`` are cut (see the module
+    docstring), and the reason. ``head_tail``: whether the task may cut a text's middle
+    (``Task.head_tail_truncation``).
+
+    Raises:
+        ConfigError: ``head_tail`` is asked of a task that cannot cut a text's middle.
+    """
+    if training.truncation == "head_tail" and not head_tail:
+        raise ConfigError(
+            "training.truncation: head_tail cuts a text's middle, which this task cannot do (each token is tagged, "
+            "or the task cuts its own inputs); use head or auto"
+        )
+    if training.truncation != "auto":
+        return training.truncation, "set in the config"
+    if not head_tail:
+        return "head", "this task keeps each text's first tokens"
+    longer = int((np.asarray(token_lengths, dtype=np.int64) > window).sum())
+    if longer:
+        return "head_tail", f"{longer} training texts are longer than the model's window of {window} tokens"
+    return "head", f"every training text fits the model's window of {window} tokens"
 
 
 def _learning_rate(training: FinetuneConfig, num_parameters: int) -> tuple[float, str]:
@@ -125,10 +158,12 @@ def derive(
     batch_size: int,
     num_parameters: int,
     max_length: tuple[int, str],
+    truncation: tuple[str, str] = ("head", "texts keep their first tokens"),
 ) -> Recipe:
     """The recipe for ``train_rows`` rows, trained in batches of ``batch_size`` (per device).
 
-    ``max_length``: :func:`fit_max_length`'s answer (the GPU batch size depends on it, so it comes first).
+    ``max_length``: :func:`fit_max_length`'s answer (the GPU batch size depends on it, so it comes first);
+    ``truncation``: :func:`fit_truncation`'s.
     """
     max_length, length_reason = max_length
     learning_rate, rate_reason = _learning_rate(training, num_parameters)
@@ -160,11 +195,13 @@ def derive(
         max_length=max_length,
         eval_steps=eval_steps,
         total_steps=total_steps,
+        truncation=truncation[0],
         reasons={
             "learning_rate": rate_reason,
             "epochs": epochs_reason,
             "warmup_steps": warmup_reason,
             "max_length": length_reason,
+            "truncation": truncation[1],
             "eval_steps": eval_reason,
         },
     )
