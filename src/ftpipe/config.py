@@ -223,6 +223,13 @@ class FinetuneConfig(StrictModel):
         "whole (text and multi-label classification, regression; the others keep their own way). auto: head_tail "
         "where texts are longer than the model's window, otherwise head. The model is saved with the choice.",
     )
+    calibrate: bool = Field(
+        True,
+        description="Temperature scaling for the classifiers (text and multi-label classification): after training, "
+        "one temperature T dividing the logits is fitted on the validation split (least NLL), saved in the model's "
+        "config.json as ftpipe_temperature and applied to every prediction, so that scores are calibrated "
+        "probabilities (the predicted labels do not change). false: the scores as the head gives them (T = 1).",
+    )
     eval_steps: int | None = Field(
         None,
         ge=1,

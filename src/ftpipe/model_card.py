@@ -263,7 +263,29 @@ def _metrics_section(metrics: Mapping[str, Any], labels: Sequence[str], metric_n
             for label, scores in per_class.items()
         ]
         parts += ["", markdown_table(["label", "precision", "recall", "F1", "support"], rows)]
-    return "\n".join(parts)
+    return "\n".join(parts + _calibration_and_slices(metrics))
+
+
+def _calibration_and_slices(metrics: Mapping[str, Any]) -> list[str]:
+    """The test split's expected calibration error and the primary metric per slice, where evaluate gave them."""
+    parts = []
+    if isinstance(metrics.get("ece"), int | float):
+        parts += [
+            "",
+            f"Expected calibration error of the predicted probabilities on the test split: **{metrics['ece']:.4f}** "
+            "(15 equal-width bins; the scores are temperature-scaled on validation where `ftpipe_temperature` is in "
+            "`config.json`).",
+        ]
+    for slicing, rows in (metrics.get("slices") or {}).items():
+        if rows:
+            table = [[row["slice"], row["rows"], _value(row["value"])] for row in rows]
+            parts += [
+                "",
+                f"By {slicing.replace('_', ' ')}:",
+                "",
+                markdown_table(["slice", "rows", rows[0]["metric"]], table),
+            ]
+    return parts
 
 
 def _gate_section(gate: Mapping[str, Any] | None, metrics: Mapping[str, Any], metric_names: Sequence[str]) -> str:

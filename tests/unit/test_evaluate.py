@@ -404,3 +404,38 @@ def test_a_metric_a_baseline_cannot_have_survives_the_json_round_trip_between_ta
     )
     back = BaselineScore.model_validate_json(score.model_dump_json())  # evaluate's result, as register_model reads it
     assert back.metrics["exact_match"] == 0.1 and np.isnan(back.metrics["perplexity"])
+
+
+def test_run_reports_calibration_and_slices_beside_production(tmp_path, test_uri, train_uri, always_ham, always_spam):
+    config = make_config(tmp_path, bootstrap_resamples=50)
+    make_production(config, always_spam)
+    result = evaluate.run(config, test_uri, LABELS, always_ham, str(tmp_path / "out"), train_uri=train_uri)
+
+    # Logits [5, 0] on every row: confidence 1 / (1 + e^-5) in one bin, right on the 6 ham rows of 10.
+    confidence = 1 / (1 + np.exp(-5.0))
+    assert result.metrics["ece"] == pytest.approx(confidence - 0.6, abs=1e-5)
+    (only,) = result.metrics["calibration"]["bins"]
+    assert only["rows"] == 10 and only["observed"] == pytest.approx(0.6) and only["high"] == pytest.approx(1.0)
+    assert result.production.metrics["ece"] == pytest.approx(confidence - 0.4, abs=1e-5)  # always 'spam': 4 right
+    assert "ece" not in result.intervals and all("ece" not in reason for reason in result.reasons)  # not gated
+
+    slices = result.metrics["slices"]["text_length"]
+    assert sum(row["rows"] for row in slices) == len(TEXTS) and len(slices) == 4
+    test = pd.read_parquet(test_uri)
+    for row in slices:  # each bucket's macro-F1, recomputed from its own rows
+        inside = test[test["text"].str.len().between(row["min_chars"], row["max_chars"])]
+        assert len(inside) == row["rows"]
+        ham = inside["label"].eq("ham").to_numpy()
+        scores = classification_scores(inside["label_id"].to_numpy(), np.zeros(len(inside), dtype=int), LABELS)
+        assert row["metric"] == "f1_macro" and row["value"] == pytest.approx(scores["f1_macro"])
+        assert ham.any()  # the buckets mix the labels here: a bucket of one label would be a weak check
+    production_slices = result.production.metrics["slices"]["text_length"]
+    assert [row["slice"] for row in production_slices] == [row["slice"] for row in slices]
+
+    markdown = Storage().read_text(result.report_markdown_uri)
+    assert f"Expected calibration error {confidence - 0.6:.4f} over 10 scores in 15 equal-width bins" in markdown
+    assert f"; production v1: {confidence - 0.4:.4f}" in markdown
+    assert "## Slices: text length" in markdown and "| slice | rows | f1_macro | f1_macro production v1 |" in markdown
+    page = Storage().read_text(result.report_html_uri)
+    assert 'alt="reliability diagram"' in page
+    assert EvaluateResult.from_json(Storage().read_text(result.report_json_uri)) == result

@@ -100,6 +100,12 @@ def test_trains_and_saves_a_model_that_reloads_and_predicts(tiny_bert_dir, split
     assert "truncation = head (every training text fits the model's window of 512 tokens)" in result.recipe
     assert model.config.ftpipe_truncation == "head"
     assert "## Recipe" in Path(result.report_markdown_uri).read_text()
+    # temperature scaling (training.calibrate, on by default) fitted on validation, saved, and in the report
+    temperature = model.config.ftpipe_temperature
+    assert 0.1 <= temperature <= 10 and temperature != 1.0
+    (note,) = [line for line in result.notes if line.startswith("temperature scaling")]
+    assert f"T = {temperature:.4f}" in note and "fitted on 16 validation rows" in note
+    assert note in Path(result.report_markdown_uri).read_text()
 
 
 def test_head_tail_truncation_is_saved_with_the_model(tiny_bert_dir, splits):

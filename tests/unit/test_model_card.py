@@ -115,3 +115,16 @@ def test_hub_ids_unknown_licence_and_no_production():
 def test_is_hub_id():
     assert is_hub_id("bert-base-uncased") and is_hub_id("org/model.v2")
     assert not any(map(is_hub_id, ["/abs/path", "./rel", "s3://b/k", "file:///x", "a/b/c"]))
+
+
+def test_calibration_and_slices_from_evaluate_are_in_the_test_metrics():
+    slices = [
+        {"slice": "2-20 chars", "min_chars": 2, "max_chars": 20, "rows": 62, "metric": "f1_macro", "value": 0.88},
+        {"slice": "21-160 chars", "min_chars": 21, "max_chars": 160, "rows": 61, "metric": "f1_macro", "value": 0.93},
+    ]
+    text = card(metrics={**METRICS, "ece": 0.0312, "calibration": {"bins": []}, "slices": {"text_length": slices}})
+    assert "Expected calibration error of the predicted probabilities on the test split: **0.0312**" in text
+    assert "By text length:\n\n| slice | rows | f1_macro |" in text
+    assert "| 21-160 chars | 61 | 0.9300 |" in text
+    assert "calibration error" not in card()  # a card from metrics without them (older evaluations) has neither
+    assert "By text length" not in card()

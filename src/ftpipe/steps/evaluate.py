@@ -31,6 +31,12 @@ When the production model's outputs differ from the new one's (a label added, re
 says which metric stays comparable (text_classification: accuracy over this test split, predictions matched
 by label name, a model being wrong on every row whose label it cannot predict), and the reasons say so.
 
+Reported beside the gate, never required by it: where the task predicts probabilities (``Task.reliability``), the
+expected calibration error of its scores (``metrics["ece"]``, 15 equal-width bins; top-label confidence for one
+label per text, every (text, label) score for multi-label) with its reliability diagram (``metrics["calibration"]``);
+and the primary metric per slice of the test rows (``metrics["slices"]``, ``Task.slice_metrics``: by text length at
+its quartiles), for the model and production alike. The per-label numbers are the task's own (``per_class``).
+
 Every check, passed or failed, is one line in ``reasons`` with its numbers (``passed: ...``,
 ``failed: ...``, or ``note: ...`` for context); register_model stores them, the intervals and the baselines'
 scores in the registry entry. Under ``output_uri`` it writes ``report.html`` (the task's pictures and tables, the
@@ -62,6 +68,7 @@ from ftpipe.storage import Storage, join
 from ftpipe.tasks import Task, get_task
 from ftpipe.tasks.base import CONSTANT, Baseline, first_line
 from ftpipe.tasks.bootstrap import percentile_interval, resample_chunks
+from ftpipe.tasks.calibration import BINS
 from ftpipe.training import adapters
 
 logger = logging.getLogger(__name__)
@@ -257,7 +264,7 @@ def run(
     predictions, new_labels = _predict(task, models.resolve_source(model_uri, storage), test, storage)
     if set(new_labels) != set(labels):
         raise ModelError(f"the model at {model_uri} predicts {new_labels}, but the test split's outputs are {labels}")
-    metrics = task.test_metrics(test, predictions, labels)
+    metrics = _with_details(task, test, predictions, labels, new_labels)
     matrix = task.confusion(test, predictions, labels)
     table = test.assign(**task.prediction_columns(predictions))
 
@@ -278,7 +285,7 @@ def run(
     new_scalars = _scalars(task, metrics)
     production = None
     if found is not None:
-        prod_metrics = task.test_metrics(test, prediction_sets[PRODUCTION_ALIAS], labels)
+        prod_metrics = _with_details(task, test, prediction_sets[PRODUCTION_ALIAS], labels, prod_labels)
         prod_scalars = _scalars(task, prod_metrics)
         same = set(prod_labels) == set(labels)
         production = ProductionComparison(
@@ -354,6 +361,20 @@ def run(
     storage.write_text(result.report_html_uri, document.html(), content_type="text/html; charset=utf-8")
     tracking.log_evaluation(config, run_id, result)
     return result
+
+
+def _with_details(
+    task: Task, test: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str], outputs: Sequence[str]
+) -> dict[str, Any]:
+    """The task's test metrics, with the slices (``slices``) and, where the task predicts probabilities, the
+    expected calibration error (``ece``, reported, never gated) and its reliability bins (``calibration``)."""
+    metrics = task.test_metrics(test, predictions, labels)
+    found = task.reliability(test, predictions, outputs)
+    if found is not None:
+        metrics["ece"] = found["ece"]
+        metrics["calibration"] = found
+    metrics["slices"] = task.slice_metrics(test, predictions, labels)
+    return metrics
 
 
 def _baselines(task: Task, train: pd.DataFrame | None, test: pd.DataFrame, labels: Sequence[str]) -> list[Baseline]:
@@ -439,6 +460,63 @@ def confusion_figure(labels: Sequence[str], matrix: list[list[int]]) -> str:
     return reports.figure_to_data_uri(figure)
 
 
+def reliability_figure(found: dict[str, Any]) -> str:
+    """The reliability diagram as a PNG data URI: observed frequency against mean score per bin, the diagonal
+    (perfect calibration), and the rows per bin below."""
+    bins = found["bins"]
+    figure, (axes, counts) = reports.new_figure(5.0, 5.5, rows=2, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = bins[0]["high"] - bins[0]["low"] if bins else 1.0
+    axes.bar(centres, [b["observed"] for b in bins], width=width * 0.9, color="tab:blue", label="observed")
+    axes.plot([b["score"] for b in bins], [b["observed"] for b in bins], "o", color="tab:orange", ms=4,
+              label="mean score of the bin")  # fmt: skip
+    axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    axes.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed frequency", title=f"Reliability (ECE {found['ece']:.4f})")
+    axes.legend(loc="upper left", fontsize="small")
+    counts.bar(centres, [b["rows"] for b in bins], width=width * 0.9, color="tab:grey")
+    counts.set(xlabel="predicted probability (bin)", ylabel="rows")
+    return reports.figure_to_data_uri(figure)
+
+
+def _calibration_section(document: reports.Document, result: EvaluateResult) -> None:
+    found = result.metrics.get("calibration")
+    if not found:
+        return
+    production = result.production.metrics.get("ece") if result.production else None
+    beside = f"; production v{result.production.version}: {production:.4f}" if production is not None else ""
+    document.section("Calibration").text(
+        f"Expected calibration error {found['ece']:.4f} over {found['rows']} scores in {BINS} equal-width bins "
+        f"({found['kind']}){beside}. Reported, not gated: the scores are temperature-scaled on validation when "
+        "training.calibrate is on (the fine-tune report gives T)."
+    )
+    document.image(reliability_figure(found), "reliability diagram")
+    rows = [[f"{b['low']:.3f}-{b['high']:.3f}", b["rows"], b["score"], b["observed"]] for b in found["bins"]]
+    document.table(["bin", "rows", "mean score", "observed"], rows)
+
+
+def _slices_section(document: reports.Document, result: EvaluateResult, task: Task) -> None:
+    production = result.production.metrics.get("slices", {}) if result.production else {}
+    for slicing, rows in (result.metrics.get("slices") or {}).items():
+        if not rows:
+            continue
+        metric = rows[0]["metric"]
+        theirs = {row["slice"]: row["value"] for row in production.get(slicing, [])}
+        columns = ["slice", "rows", metric]
+        if result.production is not None:
+            columns.append(f"{metric} production v{result.production.version}")
+        table = []
+        for row in rows:
+            cells = [row["slice"], row["rows"], row["value"]]
+            if result.production is not None:
+                cells.append(theirs.get(row["slice"], float("nan")))
+            table.append(cells)
+        title = slicing.replace("_", " ")
+        document.section(f"Slices: {title}").text(
+            f"{task.primary_metric} on the test rows split by {title}; a slice of few rows is noisy."
+        )
+        document.table(columns, table)
+
+
 def report_document(result: EvaluateResult, task: Task) -> reports.Document:
     """report.md and report.html, from one document."""
     document = reports.Document("Evaluation")
@@ -461,7 +539,9 @@ def report_document(result: EvaluateResult, task: Task) -> reports.Document:
         document.image(confusion_figure(result.labels, result.confusion_matrix), "confusion matrix")
         rows = [[label, *counts] for label, counts in zip(result.labels, result.confusion_matrix, strict=True)]
         document.table(["true \\ predicted", *result.labels], rows)
+    _calibration_section(document, result)
     production = result.production.metrics if result.production else None
     for title, table in task.metric_tables(result.metrics, production):
         document.section(title).table(table.columns, table.rows)
+    _slices_section(document, result, task)
     return document

@@ -10,7 +10,7 @@ A task (text classification, regression, ...) is one subclass of :class:`Task` i
   validation metrics, anything fitted on validation after training (thresholds);
 - the probe select_model ranks candidates by;
 - prediction and test metrics, the primary metric and its direction, the confusion matrix where one exists,
-  the scalar metrics the KFP UI shows;
+  the calibration of predicted probabilities, the test rows' slices, the scalar metrics the KFP UI shows;
 - the model card's ``pipeline_tag``, summary and "how to use" snippet.
 
 Heavy libraries (torch, transformers, datasets, scikit-learn) are imported inside the methods, so that
@@ -312,6 +312,35 @@ class Task(ABC):
         """The confusion matrix (rows: true, columns: predicted, in ``labels`` order); empty where none exists."""
         return []
 
+    def reliability(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, outputs: Sequence[str]
+    ) -> dict[str, Any] | None:
+        """Expected calibration error and the reliability bins of the predicted probabilities, or None where a task
+        predicts none (this default): ``ece``, ``rows``, ``bins`` (``ftpipe.tasks.calibration.reliability``) and
+        ``kind`` (what was binned). ``outputs`` are the predicting model's outputs in the order of its scores."""
+        return None
+
+    def slice_metrics(self, frame: pd.DataFrame, predictions: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
+        """The primary metric per slice of the test rows: ``{slicing: [{"slice", "rows", "value", ...}, ...]}``, each
+        slicing's rows adding up to the test rows.
+
+        This default slices by the text's length in characters, at its quartiles over these rows
+        (:func:`length_buckets`): long texts are where truncation cuts, short ones where a model has least to go on.
+        Per-label numbers are the task's own details (``per_class``).
+        """
+        codes, buckets = length_buckets(frame[TEXT].astype(str).tolist())
+        primary = self.primary_metric
+        rows = []
+        for code, bucket in enumerate(buckets):
+            where = np.flatnonzero(codes == code)
+            metrics = self.test_metrics(
+                frame.iloc[where].reset_index(drop=True), predictions.iloc[where].reset_index(drop=True), labels
+            )
+            rows.append(
+                {**bucket, "rows": int(len(where)), "metric": primary, "value": float(metrics.get(primary, np.nan))}
+            )
+        return {"text_length": rows}
+
     def comparison_metric(self, metric: str, same_labels: bool) -> str:
         """The metric the gate compares with a production model whose outputs are (not) the same."""
         return metric
@@ -453,6 +482,27 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: st
         return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
     whole = tokenizer(list(texts), truncation=False, verbose=False)  # verbose: no "longer than the model" warning
     return {key: [head_and_tail(ids, max_length) for ids in rows] for key, rows in whole.items()}
+
+
+def length_buckets(texts: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Each text's bucket of character length, split at the lengths' quartiles (fewer buckets where quartiles tie),
+    and each bucket as ``{"slice": "41-87 chars", "min_chars", "max_chars"}``; empty buckets are left out.
+
+    A text of exactly a quartile's length falls in the bucket below it, so the buckets hold about a quarter each.
+    """
+    lengths = np.array([len(text) for text in texts], dtype=np.int64)
+    if len(lengths) == 0:
+        return lengths, []
+    cuts = np.unique(np.floor(np.quantile(lengths, [0.25, 0.5, 0.75])).astype(np.int64))
+    raw = np.searchsorted(cuts, lengths, side="left")  # bucket i: cuts[i-1] < length <= cuts[i]
+    present = np.unique(raw)
+    codes = np.searchsorted(present, raw)
+    buckets = []
+    for code in range(len(present)):
+        inside = lengths[codes == code]
+        low, high = int(inside.min()), int(inside.max())
+        buckets.append({"slice": f"{low}-{high} chars", "min_chars": low, "max_chars": high})
+    return codes, buckets
 
 
 def sorted_by_length(texts: Sequence[str]) -> np.ndarray:

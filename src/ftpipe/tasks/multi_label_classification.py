@@ -42,7 +42,12 @@ training, :meth:`MultiLabelClassification.finalize` chooses decision thresholds 
 the best weights: one per label (each label's best F1) or one shared (the best micro-F1), per
 ``task.thresholds``. Among equally good thresholds the one nearest 0.5 wins, and a label without validation
 positives keeps 0.5. They are saved in the model's ``config.json`` as ``ftpipe_thresholds`` (a list in label
-order), and prediction uses them (0.5 where a model has none). A text may get no label at all. Predictions
+order), and prediction uses them (0.5 where a model has none). Before the thresholds, with ``training.calibrate``,
+one temperature shared by all labels is fitted on validation (least binary cross-entropy of ``sigmoid(logits / T)``,
+``ftpipe.tasks.calibration``) and saved as ``ftpipe_temperature``; the thresholds are chosen on, and prediction
+compares them with, the calibrated scores, so the decisions are those the raw scores would give with the thresholds
+moved along. One shared T rather than one per label: a label with a handful of validation positives cannot support
+a temperature of its own. A text may get no label at all. Predictions
 are ``predicted`` (the list of labels) and ``probabilities`` (the sigmoid scores, in the model's label order).
 
 Test metrics (scikit-learn): micro-F1 (primary), macro-F1, subset accuracy (exact label set), micro precision
@@ -68,6 +73,7 @@ import numpy as np
 import pandas as pd
 
 from ftpipe.errors import DataError, ModelError
+from ftpipe.tasks import calibration
 from ftpipe.tasks.base import (
     CONSTANT,
     LINEAR,
@@ -604,11 +610,19 @@ class MultiLabelClassification(Task):
         return compute
 
     def finalize(self, trainer: Any, validation_dataset: Any) -> list[str]:
+        """Temperature scaling (``training.calibrate``: one T shared by every label's sigmoid), then the decision
+        thresholds on the calibrated scores, which prediction compares them with."""
         mode = self.settings.thresholds
         output = trainer.predict(validation_dataset)
-        scores = _sigmoid(output.predictions)
         truth = (np.asarray(output.label_ids) >= 0.5).astype(np.int8)
         config = trainer.model.config
+        calibrated = []
+        if self.config.training.calibrate:
+            calibrated.append(calibration.calibrate(config, output.predictions, truth, "sigmoid"))
+        else:
+            calibration.forget_temperature(config)
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        scores = calibration.sigmoid(logits, calibration.temperature_of(config))
         labels = [str(config.id2label[i]) for i in range(scores.shape[1])]
         thresholds = choose_thresholds(scores, truth, mode)
         setattr(config, THRESHOLDS, [float(value) for value in thresholds])
@@ -623,6 +637,7 @@ class MultiLabelClassification(Task):
             f"validation micro-F1 {before['f1_micro']:.4f} at 0.5 -> {after['f1_micro']:.4f} with these thresholds; "
             f"macro-F1 {before['f1_macro']:.4f} -> {after['f1_macro']:.4f} (measured on the rows the thresholds were "
             "chosen on, so the gain is optimistic: the test split shows the real one)",
+            *calibrated,
         ]
 
     # -- probe ---------------------------------------------------------------------------------
@@ -694,6 +709,16 @@ class MultiLabelClassification(Task):
         columns = labels + outside
         truth = multi_hot(frame[LABELS].tolist(), columns)
         return multilabel_scores(truth, multi_hot(predicted, columns), labels)
+
+    def reliability(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, outputs: Sequence[str]
+    ) -> dict[str, Any] | None:
+        scores = np.array(predictions["probabilities"].tolist(), dtype=np.float64).reshape(len(predictions), -1)
+        if scores.shape[1] != len(outputs):
+            return None  # scores of another shape than the outputs named: nothing to pair them with
+        truth = multi_hot(frame[LABELS].tolist(), list(outputs))
+        found = calibration.reliability(scores, truth)
+        return {"kind": "every (text, label) sigmoid score against the text having the label, pooled", **found}
 
     def comparison_metric(self, metric: str, same_labels: bool) -> str:
         # Macro-F1 averages over the label set, which another model's outputs do not share.
@@ -792,8 +817,9 @@ class MultiLabelClassification(Task):
                 "",
                 'texts = ["The app crashes every time I open my invoice", "Thanks, all good now"]',
                 'batch = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")',
+                f'temperature = getattr(model.config, "{calibration.TEMPERATURE}", None) or 1.0  # calibration',
                 "with torch.inference_mode():",
-                "    scores = model(**batch).logits.sigmoid()",
+                "    scores = (model(**batch).logits / temperature).sigmoid()",
                 "for text, row in zip(texts, scores.tolist()):",
                 "    chosen = [label for label, score, cut in zip(labels, row, thresholds) if score >= cut]",
                 "    print(text, '->', chosen)",

@@ -8,10 +8,12 @@ the training rows) as ``unknown_label``. The split is stratified by label. Clean
 
 Model: a new classification head, ``id2label`` from the labels; cross-entropy (with
 ``training.label_smoothing``). Metrics: accuracy, macro/weighted F1, macro precision and recall, per-class
-precision/recall/F1/support (scikit-learn), the confusion matrix. Probe: a logistic regression with balanced
-class weights on mean-pooled frozen embeddings, scored by macro-F1; its train features and classifier are
-handed back for the label-noise check (``selection.label_noise``: confident learning on out-of-fold
-probabilities of the same probe).
+precision/recall/F1/support (scikit-learn), the confusion matrix, and the expected calibration error of the
+top-label confidence (``ftpipe.tasks.calibration``: with ``training.calibrate``, :meth:`TextClassification.finalize`
+fits a softmax temperature on validation after training, saved with the model and applied to every prediction).
+Probe: a logistic regression with balanced class weights on mean-pooled frozen embeddings, scored by macro-F1; its
+train features and classifier are handed back for the label-noise check (``selection.label_noise``: confident
+learning on out-of-fold probabilities of the same probe).
 
 The gate: when the production model's label set differs from the new one (a label added, removed or renamed),
 per-class and macro scores of the two are not comparable, so the comparison falls back to **accuracy** on this
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ftpipe.errors import DataError
+from ftpipe.tasks import calibration
 from ftpipe.tasks.base import (
     CONSTANT,
     LINEAR,
@@ -133,8 +136,8 @@ _ACTIVATIONS = {
 def predict_outputs(
     model, tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int | None, activation: str
 ):
-    """The head's outputs per text (``softmax``, ``sigmoid`` or ``identity`` of the logits), in batches of similar
-    length."""
+    """The head's outputs per text (``softmax``, ``sigmoid`` or ``identity`` of the logits divided by the model's
+    calibration temperature, 1 where it has none), in batches of similar length."""
     import torch
 
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -143,6 +146,7 @@ def predict_outputs(
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each text's last token by it
     texts = list(texts)
     truncation = getattr(model.config, TRUNCATION, "head")  # as the model was trained
+    temperature = calibration.temperature_of(model.config)  # fitted on validation by finalize
     encoded = encode(tokenizer, texts, max_length or tokenizer.model_max_length, truncation)
     order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")  # little padding per batch
     run_on = device()
@@ -154,7 +158,7 @@ def predict_outputs(
             batch = tokenizer.pad(
                 {key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt"
             )
-            logits = model(**{key: value.to(run_on) for key, value in batch.items()}).logits.float()
+            logits = model(**{key: value.to(run_on) for key, value in batch.items()}).logits.float() / temperature
             outputs[rows] = _ACTIVATIONS[activation](logits).cpu().numpy()
     return outputs
 
@@ -314,6 +318,14 @@ class TextClassification(Task):
 
         return compute
 
+    def finalize(self, trainer: Any, validation_dataset: Any) -> list[str]:
+        """Temperature scaling on validation (``training.calibrate``): the softmax of ``logits / T`` with least NLL."""
+        if not self.config.training.calibrate:
+            calibration.forget_temperature(trainer.model.config)
+            return []
+        output = trainer.predict(validation_dataset)
+        return [calibration.calibrate(trainer.model.config, output.predictions, output.label_ids, "softmax")]
+
     # -- probe ---------------------------------------------------------------------------------
 
     def probe(self, encoder: Any, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame) -> ProbeScore:
@@ -370,6 +382,11 @@ class TextClassification(Task):
             frame["label_id"].to_numpy(), self._predicted_ids(predictions, labels), labels=list(range(len(labels)))
         )
         return matrix.astype(int).tolist()
+
+    def reliability(self, frame: pd.DataFrame, predictions: pd.DataFrame, outputs: Sequence[str]) -> dict[str, Any]:
+        correct = predictions["predicted"].astype(str).to_numpy() == frame["label"].astype(str).to_numpy()
+        found = calibration.reliability(predictions["confidence"].to_numpy(np.float64), correct)
+        return {"kind": "top-label confidence against the predicted label being right", **found}
 
     def comparison_metric(self, metric: str, same_labels: bool) -> str:
         return metric if same_labels else "accuracy"
@@ -440,6 +457,8 @@ class TextClassification(Task):
             [
                 "from transformers import pipeline",
                 "",
+                "# the pipeline's scores are the raw softmax; ftpipe's own predictions divide the logits by",
+                f"# model.config.{calibration.TEMPERATURE} first (temperature scaling): the top label is the same",
                 'classifier = pipeline("text-classification", model=DIRECTORY)',
                 'print(classifier(["Congratulations, you won a prize! Call now", "See you at lunch?"]))',
             ]

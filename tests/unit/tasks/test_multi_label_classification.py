@@ -347,6 +347,8 @@ def test_train_thresholds_save_predict_and_the_snippet(tiny_bert_dir, tmp_path, 
     assert len(thresholds) == 3 and all(0 < value < 1 for value in thresholds)
     assert notes[0].startswith("decision thresholds (per_label, chosen on 16 validation rows")
     assert "validation micro-F1" in notes[1]
+    temperature = trainer.model.config.ftpipe_temperature  # training.calibrate is on by default
+    assert notes[2].startswith(f"temperature scaling: T = {temperature:.4f}")
 
     model_dir = tmp_path / "model"
     trainer.model.save_pretrained(model_dir)
@@ -395,7 +397,8 @@ def test_train_thresholds_save_predict_and_the_snippet(tiny_bert_dir, tmp_path, 
 def test_finalize_with_a_shared_threshold():
     from types import SimpleNamespace
 
-    task = MultiLabelClassification(make_config(task={"thresholds": "shared"}))
+    # thresholds on the raw scores (calibration off: test_calibration checks them on calibrated ones)
+    task = MultiLabelClassification(make_config(task={"thresholds": "shared"}, training={"calibrate": False}))
     probabilities = np.array([[0.9, 0.4], [0.8, 0.3], [0.3, 0.35], [0.2, 0.05]])
     output = SimpleNamespace(
         predictions=np.log(probabilities / (1 - probabilities)), label_ids=np.array([[1, 1], [1, 1], [0, 1], [0, 0]])
