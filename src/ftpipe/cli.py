@@ -8,6 +8,7 @@
     ftpipe registry list|show|promote             registered models, versions and aliases
     ftpipe config validate FILE | config schema   check a config file; print its JSON schema
     ftpipe models derive SRC DST --layers N       a smaller candidate: the first N layers of SRC
+    ftpipe serve-manifest NAME --config FILE      a KServe InferenceService for a registered version
     ftpipe s3 cp SRC DST                          copy a file or directory to or from S3
 
 Thin by design: every command parses its arguments and calls the library. User errors end with one
@@ -278,6 +279,25 @@ def _registry_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_manifest(args: argparse.Namespace) -> int:
+    from ftpipe import serving
+    from ftpipe.registry import ModelRegistry
+    from ftpipe.storage import Storage
+
+    config = load_config(args.config)
+    registry = ModelRegistry(Storage(config.storage), config.registry.uri)
+    version = serving.resolve_version(registry, args.name, args.alias, args.version)
+    text = serving.render(serving.manifests(config, version), version)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    print(f"{args.name} version {version.version} ({version.model_uri}): InferenceService written to {output}")
+    return 0
+
+
 # -- config and models ------------------------------------------------------------------------
 
 
@@ -396,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.set_defaults(handler=_config_validate)
     config_commands.add_parser("schema", help="print the config JSON schema").set_defaults(handler=_config_schema)
+
+    serve_manifest = commands.add_parser("serve-manifest", help="a KServe InferenceService for a registered version")
+    serve_manifest.add_argument("name", help="registered model name")
+    which = serve_manifest.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=None, help="serve the version this alias points at (default: production)")
+    which.add_argument("--version", type=int, default=None, help="serve this version")
+    serve_manifest.add_argument("--config", required=True, help="config YAML (registry, storage, cluster, serving)")
+    serve_manifest.add_argument("-o", "--output", default=None, help="output YAML path (default: stdout)")
+    serve_manifest.set_defaults(handler=_serve_manifest)
 
     models = commands.add_parser("models", help="prepare candidate models")
     model_commands = models.add_subparsers(dest="models_command", required=True)

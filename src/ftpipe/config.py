@@ -494,6 +494,79 @@ class TrackingConfig(StrictModel):
         raise ValueError(f"{uri!r}: use an http:// or https:// tracking server, or file: / a local path")
 
 
+# A Kubernetes object name that KServe accepts for an InferenceService (a DNS-1035 label).
+_K8S_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ServingConfig(StrictModel):
+    """The KServe InferenceService that `ftpipe serve-manifest` writes for a registered version (``ftpipe.serving``).
+
+    GPUs are of ``cluster.gpu_resource`` and the pods go on ``cluster.node_selector`` with ``cluster.tolerations``;
+    the model is read with the S3 credentials of ``cluster.s3_secret_name``.
+    """
+
+    name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=_K8S_NAME,
+        description="InferenceService name; None: registry.model_name with '.' and '_' made '-'.",
+    )
+    namespace: str | None = Field(
+        None, description="Namespace of the InferenceService; None: cluster.namespace, else kubectl's current one."
+    )
+    service_account: str | None = Field(
+        None,
+        max_length=253,
+        description="ServiceAccount the predictor runs as, which names the S3 Secret; None: <name>-kserve.",
+    )
+    runtime: str | None = Field(
+        None,
+        description="ServingRuntime to use; None: KServe picks the one serving modelFormat huggingface "
+        "(kserve-huggingfaceserver).",
+    )
+    gpu_count: int | None = Field(
+        None, ge=0, description="GPUs per replica; None: 1 when cluster.gpu_count is above 0, else none."
+    )
+    cpu: str = Field("1", description="CPU request of each replica.")
+    memory: str = Field("4Gi", description="Memory request and limit of each replica.")
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 lets KServe scale to zero).")
+    max_replicas: int | None = Field(None, ge=1, description="Most replicas; None: KServe's default.")
+
+
+class KubeflowModelRegistryConfig(StrictModel):
+    """A Kubeflow Model Registry that register_model also records each new version in (its REST API)."""
+
+    url: str = Field(description="The registry's REST endpoint, e.g. https://model-registry.kubeflow.svc:8443.")
+    author: str = Field(min_length=1, description="Author of the model versions (and owner of new models).")
+    api_version: Literal["v1", "v1alpha3"] = Field(
+        "v1", description="REST API version: v1 (Model Registry from mid-2026), v1alpha3 (earlier releases)."
+    )
+    model_name: str | None = Field(None, min_length=1, description="Registered model name; None: registry.model_name.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest.split("/", 1)[0]:
+            raise ValueError(f"{url!r}: use an http:// or https:// URL with a host")
+        return url.rstrip("/")
+
+
+class ExportConfig(StrictModel):
+    """Other model registries that register_model records each new version in, after the ftpipe registry's commit
+    (``ftpipe.export``): by reference to the version's S3 files, which stay the source of truth."""
+
+    mlflow: bool = Field(
+        False, description="Register each version in the MLflow Model Registry of tracking.mlflow_uri."
+    )
+    mlflow_model_name: str | None = Field(
+        None, min_length=1, description="MLflow registered model name; None: registry.model_name."
+    )
+    kubeflow_model_registry: KubeflowModelRegistryConfig | None = Field(
+        None, description="Record each version in this Kubeflow Model Registry; None: off."
+    )
+
+
 class Toleration(StrictModel):
     """A Kubernetes toleration, as in a pod spec."""
 
@@ -1005,6 +1078,8 @@ class PipelineConfig(StrictModel):
     sweep: SweepConfig | None = Field(
         None, description="A hyper-parameter sweep over `training` settings and candidates; None trains once."
     )
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @field_validator("candidates")
     @classmethod
@@ -1025,6 +1100,12 @@ class PipelineConfig(StrictModel):
             allowed = metric in known or (metric == "loss" and path.startswith("training"))
             if metric is not None and not allowed:
                 raise ValueError(f"{path}: {metric!r} is not a metric of task {self.task.type} (it has {named})")
+        return self
+
+    @model_validator(mode="after")
+    def _mlflow_export_has_a_server(self) -> PipelineConfig:
+        if self.export.mlflow and self.tracking.mlflow_uri is None:
+            raise ValueError("export.mlflow: true needs tracking.mlflow_uri, the MLflow server to register in")
         return self
 
     @model_validator(mode="after")

@@ -95,6 +95,13 @@ class Task(ABC):
     """Quarantine reasons of this task's target checks, in the order they apply (after the text's own)."""
     pipeline_tag: ClassVar[str]
     """The model card's ``pipeline_tag`` (the Hugging Face task name)."""
+    huggingface_server_task: ClassVar[str]
+    """The ``--task`` of KServe's Hugging Face serving runtime for this head (its ``MLTask`` name, e.g.
+    ``sequence_classification``), which ``ftpipe serve-manifest`` passes (:meth:`huggingface_server_args`)."""
+    huggingface_server_output: ClassVar[str | None] = None
+    """The runtime's output flag: ``--return_probabilities`` (a softmax over the classes), ``--return_raw_logits``
+    (the head's outputs as they are), or None for its default (the argmax class per text or token, the generated
+    text)."""
     model_class: ClassVar[str]
     """The ``transformers`` auto class of the head, e.g. ``AutoModelForSequenceClassification``."""
     probe_model_class: ClassVar[str] = "AutoModel"
@@ -131,6 +138,15 @@ class Task(ABC):
 
     def higher_is_better(self, metric: str) -> bool:
         return self.settings.direction(metric) == HIGHER
+
+    def huggingface_server_args(self) -> list[str]:
+        """The arguments KServe's Hugging Face serving runtime serves this task's models with.
+
+        ``--backend=huggingface`` comes first: ``--task`` is an argument of that backend only (the runtime's vLLM
+        backend, its default for generative models it supports, parses arguments of its own).
+        """
+        output = [self.huggingface_server_output] if self.huggingface_server_output else []
+        return ["--backend=huggingface", f"--task={self.huggingface_server_task}", *output]
 
     # -- data (clean_data) -----------------------------------------------------------------------
 

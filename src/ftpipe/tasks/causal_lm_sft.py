@@ -150,6 +150,7 @@ def packing_is_exact(model: Any) -> bool:
 class CausalLMSFT(GenerativeTask):
     type = "causal_lm_sft"
     pipeline_tag = "text-generation"
+    huggingface_server_task = "text_generation"
     model_class = "AutoModelForCausalLM"
     probe_model_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"

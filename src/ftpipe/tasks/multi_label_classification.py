@@ -362,6 +362,9 @@ class MultiLabelClassification(Task):
     type = "multi_label_classification"
     target_reasons = ("missing_label", "malformed_label", "unknown_label", "unseen_label")
     pipeline_tag = "text-classification"
+    huggingface_server_task = "sequence_classification"
+    # the runtime knows only a softmax: a client takes the sigmoid of each logit and compares it with ftpipe_thresholds
+    huggingface_server_output = "--return_raw_logits"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     linear_baseline = "tfidf_logistic"

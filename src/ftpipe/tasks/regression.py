@@ -228,6 +228,9 @@ class Regression(Task):
     type = "regression"
     target_reasons = (_MISSING, _NOT_A_NUMBER)
     pipeline_tag = "text-classification"  # the Hub's task for a sequence-classification head, regression included
+    huggingface_server_task = "sequence_classification"
+    # standardised scores: a client computes logit * ftpipe_target_scale + ftpipe_target_mean (config.json)
+    huggingface_server_output = "--return_raw_logits"
     linear_baseline = "tfidf_ridge"
     head_tail_truncation = True
     model_class = "AutoModelForSequenceClassification"

@@ -65,6 +65,7 @@ def warm_start_kind(model_config: Any) -> str | None:
 class Seq2Seq(GenerativeTask):
     type = "seq2seq"
     pipeline_tag = "text2text-generation"
+    huggingface_server_task = "text2text_generation"
     model_class = "AutoModelForSeq2SeqLM"
     probe_model_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"

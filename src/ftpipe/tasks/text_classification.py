@@ -191,6 +191,8 @@ class TextClassification(Task):
     type = "text_classification"
     target_reasons = ("missing_label", "unknown_label")
     pipeline_tag = "text-classification"
+    huggingface_server_task = "sequence_classification"
+    huggingface_server_output = "--return_probabilities"  # softmax without ftpipe_temperature: same argmax
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     linear_baseline = "tfidf_logistic"

@@ -404,6 +404,7 @@ class TokenClassification(Task):
     type = "token_classification"
     target_reasons = (*_PROBLEMS, "tag_count_mismatch", "unknown_tag", "invalid_iob2")
     pipeline_tag = "token-classification"
+    huggingface_server_task = "token_classification"
     model_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
 
