@@ -138,13 +138,9 @@ def pooled_ece(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0
 
 def calibration_note(temperature: float, rows: int, before: tuple[float, float], after: tuple[float, float]) -> str:
     """The fine-tune report's line: the temperature, and validation NLL and ECE before and after it."""
-    bound = (
-        " (at the edge of the search range: the validation split is small or separable)"
-        if (not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01)
-        else ""
-    )
+    edge = " (at the edge of the search range)" if temperature >= BOUNDS[1] / 1.01 else ""
     return (
-        f"temperature scaling: T = {temperature:.4f}{bound}, fitted on {rows} validation rows and saved as "
+        f"temperature scaling: T = {temperature:.4f}{edge}, fitted on {rows} validation rows and saved as "
         f"{TEMPERATURE} in config.json (scores are softmax/sigmoid of logits / T; training.calibrate: false turns it "
         f"off); validation NLL {before[0]:.4f} -> {after[0]:.4f}, ECE ({BINS} bins) {before[1]:.4f} -> {after[1]:.4f} "
         "(measured on the rows T was fitted on: the test split's ECE in evaluate's report is the real one)"
@@ -153,13 +149,27 @@ def calibration_note(temperature: float, rows: int, before: tuple[float, float],
 
 def calibrate(model_config: Any, logits: np.ndarray, targets: np.ndarray, activation: str) -> str:
     """Fit the temperature of validation ``logits`` (``softmax``: class indexes, ``sigmoid``: multi-hot ``targets``),
-    store it in ``model_config`` as :data:`TEMPERATURE` (saved with the model) and return the report's line."""
+    store it in ``model_config`` as :data:`TEMPERATURE` (saved with the model) and return the report's line.
+
+    A fit at the lower end of :data:`BOUNDS` keeps T = 1: the NLL falls all the way to T -> 0 when the model is
+    right, with margin, on (nearly) every validation row, which says nothing about how sure to be on the rows it
+    gets wrong. On the SMS sample (59 validation rows, none wrong) that fit, T = 0.1, took the test NLL from 0.14 to
+    0.65 (``bench.calibration``).
+    """
     if isinstance(logits, tuple):
         logits = logits[0]
     logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets)
     ece = top_label_ece if activation == "softmax" else pooled_ece
-    temperature = fit_temperature(logits, targets, activation)
-    setattr(model_config, TEMPERATURE, temperature)
     before = (nll(logits, targets, activation), ece(logits, targets))
-    after = (nll(logits, targets, activation, temperature), ece(logits, targets, temperature))
-    return calibration_note(temperature, len(logits), before, after)
+    fitted = fit_temperature(logits, targets, activation)
+    if fitted <= BOUNDS[0] * 1.01:
+        setattr(model_config, TEMPERATURE, 1.0)
+        return (
+            f"temperature scaling: T = 1 kept (saved as {TEMPERATURE} in config.json): on {len(logits)} validation "
+            f"rows the NLL falls all the way to T = {BOUNDS[0]} (the model is right, with margin, on nearly every "
+            f"row), which cannot tell how sure to be on the rows it gets wrong; validation NLL {before[0]:.4f}, ECE "
+            f"({BINS} bins) {before[1]:.4f}"
+        )
+    setattr(model_config, TEMPERATURE, fitted)
+    after = (nll(logits, targets, activation, fitted), ece(logits, targets, fitted))
+    return calibration_note(fitted, len(logits), before, after)

@@ -90,9 +90,17 @@ def test_sigmoid_temperature_is_shared_by_the_labels():
     temperature = calibration.fit_temperature(logits * 2.5, truth, "sigmoid")
     assert temperature == pytest.approx(2.5, rel=0.1)
     assert calibration.pooled_ece(logits * 2.5, truth, temperature) < calibration.pooled_ece(logits * 2.5, truth) / 3
-    # a separable split pushes T to the edge of the search range, and the note says so
-    note = calibration.calibrate(SimpleNamespace(), np.array([[5.0, -5.0], [-5.0, 5.0]]), np.array([0, 1]), "softmax")
-    assert "T = 0.1000 (at the edge of the search range" in note
+    # every validation row right with margin: the NLL falls all the way to the lower bound; T = 1 is kept
+    logits, labels = np.array([[5.0, -5.0], [-5.0, 5.0], [3.0, 0.0]]), np.array([0, 1, 0])
+    assert calibration.fit_temperature(logits, labels, "softmax") == pytest.approx(calibration.BOUNDS[0], rel=1e-3)
+    model_config = SimpleNamespace()
+    note = calibration.calibrate(model_config, logits, labels, "softmax")
+    assert model_config.ftpipe_temperature == 1.0 and calibration.temperature_of(model_config) == 1.0
+    assert note.startswith("temperature scaling: T = 1 kept") and "on 3 validation rows" in note
+    # one confident mistake among them: an interior minimum, and a temperature above 1
+    logits, labels = np.vstack([logits, [[4.0, 0.0]]]), np.append(labels, 1)
+    note = calibration.calibrate(model_config, logits, labels, "softmax")
+    assert model_config.ftpipe_temperature > 1.0 and f"T = {model_config.ftpipe_temperature:.4f}, fitted" in note
 
 
 def constant_classifier(tiny_bert_dir: str, directory: Path, bias: list[float]) -> str:
