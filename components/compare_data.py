@@ -17,8 +17,9 @@ def compare_data(
     decision: Output[Markdown],
     report: Output[HTML],
     metrics: Output[Metrics],
-) -> NamedTuple("Outputs", [("ok", bool), ("problem", str), ("changed", bool)]):
-    """Returns True when fine-tuning should run; the decision says why, the report and metrics show the drift check."""
+) -> NamedTuple("Outputs", [("ok", bool), ("problem", str), ("changed", bool), ("seconds", float)]):
+    """Returns True when fine-tuning should run, and the step's wall seconds (for the run's cost line); the decision
+    says why, the report and metrics show the drift check."""
     import re
 
     from ftpipe import task
@@ -36,7 +37,7 @@ def compare_data(
         step.LIBRARIES,
     )
     if isinstance(result, task.Stopped):
-        return result.outputs(decision, report, metrics, changed=False)
+        return result.outputs(decision, report, metrics, changed=False, seconds=0.0)
     # the decision's last line is the message (the local runner prints it)
     task.write_text(decision, f"# Data check\n\n{result.message}\n", changed=result.changed, drifted=result.drifted)
     task.copy_report(config_json, result.report_html_uri, report)
@@ -46,4 +47,4 @@ def compare_data(
     for test in result.drift_tests:  # KFP metric names: letters, digits and underscores
         metric = re.sub(r"\W+", "_", test.name)
         task.log_metrics(metrics, {f"{metric}_statistic": test.statistic, f"{metric}_p_value": test.p_value})
-    return task.succeeded(result.changed)
+    return task.succeeded(result.changed, result.wall_seconds)

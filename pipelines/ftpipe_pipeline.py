@@ -222,6 +222,8 @@ def build_pipeline(config: PipelineConfig, image: str | None = None):
                 selection=selection,
                 model=model,
                 evaluation=evaluating.outputs["evaluation"],
+                fingerprint_seconds=fingerprinting.outputs["seconds"],
+                compare_seconds=comparing.outputs["seconds"],
             )
             # Nothing follows registration, and an If with no task inside would compile to a component with no
             # implementation: its stop_run always runs (and succeeds when there is no problem).

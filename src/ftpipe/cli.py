@@ -178,6 +178,8 @@ def _print_run_summary(config: PipelineConfig, result) -> None:
             f"[green]registered {result.registered.model_name} version {result.registered.version}[/green] "
             f"at {result.registered.version_uri}"
         )
+        if result.registered.cost_line:
+            console.print(f"cost: {result.registered.cost_line}", markup=False, highlight=False, soft_wrap=True)
     else:
         console.print("[yellow]gate failed: nothing registered[/yellow]")
     console.print(f"pipeline finished in {result.seconds:.0f} s; full log: {result.log_path}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ftpipe.errors import ConfigError
 
@@ -619,6 +619,41 @@ class ClusterConfig(StrictModel):
     )
 
 
+# A price: finite and not negative.
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class CostConfig(StrictModel):
+    """Prices for the run's estimated cost (``ftpipe.cost``): no price for what the run used, no estimate."""
+
+    accelerator_hour_price: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Price of one GPU for one hour, by accelerator type. The type a run is priced at: `accelerator` "
+        "when set, else the GPU name the fine-tune ran on as CUDA reports it (`NVIDIA H100 80GB HBM3`), else a "
+        "value of `cluster.node_selector` (GKE's `cloud.google.com/gke-accelerator: nvidia-h100-80gb`).",
+    )
+    cpu_hour_price: Price | None = Field(
+        None,
+        description="Price of one hour of a fine-tune on CPU only, per node (the fine-tune pod, or this machine "
+        "when run locally); None: no estimate for a CPU run.",
+    )
+    accelerator: str | None = Field(
+        None,
+        min_length=1,
+        description="The key of `accelerator_hour_price` that a GPU run is priced at; None: found from the GPU the "
+        "fine-tune ran on or the node selector (see `accelerator_hour_price`).",
+    )
+    currency: str = Field("USD", min_length=1, description="The currency of the prices, named in the cost line.")
+
+    @field_validator("accelerator")
+    @classmethod
+    def _has_a_price(cls, accelerator: str | None, info: ValidationInfo) -> str | None:
+        prices = info.data.get("accelerator_hour_price", {})  # validated before it: declared first
+        if accelerator is not None and accelerator not in prices:
+            raise ValueError(f"{accelerator!r} has no price in cost.accelerator_hour_price ({', '.join(prices)})")
+        return accelerator
+
+
 # A value a categorical parameter or a condition may take (what Optuna's CategoricalDistribution accepts).
 Scalar = bool | int | float | str | None
 
@@ -1073,6 +1108,7 @@ class PipelineConfig(StrictModel):
     registry: RegistryConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     sweep: SweepConfig | None = Field(

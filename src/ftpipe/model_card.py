@@ -110,6 +110,7 @@ def render_model_card(
     hyperparameters: Mapping[str, Any],
     gate: Mapping[str, Any] | None,
     sweep: Mapping[str, Any] | None = None,
+    cost_line: str = "",
     run_id: str,
     ftpipe_version: str = __version__,
     created_at: datetime | str | None = None,
@@ -139,6 +140,7 @@ def render_model_card(
             ``importances`` and ``space``.
         gate: ``passed`` (bool), ``metric``, ``tolerance``, ``reasons`` (list of str) and ``production``
             (None, or ``version``, ``metrics``, ``delta``, ``same_labels``, ``compared_metric``).
+        cost_line: the run's cost (``ftpipe.cost.line``); no Cost section when empty.
         run_id: the pipeline run that produced the model.
         ftpipe_version: the ftpipe version that ran it.
         created_at: when (UTC); now when omitted.
@@ -213,6 +215,7 @@ def render_model_card(
         "",
         _gate_section(gate, metrics, metric_names),
         "",
+        *(["## Cost", "", cost_line, ""] if cost_line else []),
         "## How to use",
         "",
         *([usage_note, ""] if usage_note else []),

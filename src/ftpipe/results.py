@@ -20,6 +20,10 @@ class StepResult(BaseModel):
     # baseline cannot have (perplexity of a constant answer), a validation metric no evaluation produced.
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
+    # Set by ftpipe.task.run_step around every step (libraries loaded included), for the cost line of the run
+    # (ftpipe.cost); None where the step ran outside a pipeline task.
+    wall_seconds: float | None = None
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
@@ -161,6 +165,12 @@ class FinetuneResult(StepResult):
     resumed_from_checkpoint: str | None
     steps_redone: int | None = None  # steps an interrupted attempt had trained past that checkpoint (a lower bound)
     processes: int = 1  # training processes (torchrun ranks) over every node
+    nodes: int = 1  # the nodes training ran on
+    # The GPUs training held: those visible on a node (on Kubernetes exactly what the pod requested, cluster.gpu_count)
+    # times the nodes; 0 on CPU. accelerator: their type as CUDA names it (None on CPU).
+    accelerators: int = 0
+    accelerator: str | None = None
+    tokens_seen: int | None = None  # non-padding input tokens the Trainer processed, every epoch and process
     notes: list[str]  # what the task fitted on validation after training (thresholds, ...)
     recipe: list[str] = []  # each training setting, with where it came from (ftpipe.training.recipe)
     adapter: str = "none"  # training.adapter: none (full fine-tuning), lora or qlora
@@ -236,6 +246,7 @@ class RegisterModelResult(StepResult):
     model_card_uri: str
     metadata_uri: str
     aliases_set: list[str]
+    cost_line: str = ""  # the entry's cost.line (ftpipe.cost), which `ftpipe run --local` prints
 
 
 class PlanTrialsResult(StepResult):

@@ -72,6 +72,11 @@ class TrialRecord(BaseModel):
     direction: Literal["higher", "lower"] = Field(description="Which way the metric is better.")
     model_uri: str | None = Field(None, description="Where the trial's model is (None when none was kept).")
     seconds: float = Field(ge=0, description="Wall-clock seconds the trial took.")
+    accelerators: int = Field(0, ge=0, description="GPUs the trial's pod held (0: it trained on CPU).")
+    accelerator: str | None = Field(None, description="Their type, as CUDA names it; None on CPU.")
+    tokens_seen: int | None = Field(
+        None, ge=0, description="Non-padding input tokens the trial's Trainer processed; None when it failed."
+    )
 
     @model_validator(mode="after")
     def _complete_has_a_value(self) -> TrialRecord:

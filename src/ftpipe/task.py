@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,13 +78,16 @@ def run_step(
     A transient error exits non-zero (KFP retries the task); a deterministic one comes back as
     :class:`Stopped`, which the component returns (see the module docstring). ``libraries`` are the heavy
     modules the step imports (``ftpipe.steps.<step>.LIBRARIES``): they load first, through
-    :func:`load_libraries`.
+    :func:`load_libraries`. The result comes back with its ``wall_seconds``: from the start of this call (the
+    libraries' import included) to the step's return, for the run's cost line (:mod:`ftpipe.cost`).
     """
+    started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_libraries(libraries)
     try:
         config = config_from_json(config_json)
-        return call(config, step_output_uri(config, run_id, step), _storage(config_json))
+        result = call(config, step_output_uri(config, run_id, step), _storage(config_json))
+        return result.model_copy(update={"wall_seconds": round(time.perf_counter() - started, 3)})
     except FtpipeError as error:
         report_error(f"{step}: {error}")
         if error.transient:

@@ -339,8 +339,10 @@ def log_evaluation(config: PipelineConfig, run_id: str | None, result: EvaluateR
     tracker.call("logging the evaluation", log)
 
 
-def log_registration(config: PipelineConfig, run_id: str | None, result: RegisterModelResult) -> None:
-    """Tag the pipeline run's parent run with the registered version."""
+def log_registration(
+    config: PipelineConfig, run_id: str | None, result: RegisterModelResult, metrics: Mapping[str, float] | None = None
+) -> None:
+    """Tag the pipeline run's parent run with the registered version, and log ``metrics`` (the run's cost) on it."""
     tracker = Tracker(config, run_id)
     if not tracker.on or run_id is None:
         return
@@ -349,4 +351,7 @@ def log_registration(config: PipelineConfig, run_id: str | None, result: Registe
         "ftpipe.registered_version": str(result.version),
         "ftpipe.registered_model_uri": result.model_uri,
     }
-    tracker.call("logging the registration", lambda: _log_batch(tracker.client(), tracker.parent_id(), tags=tags))
+    tracker.call(
+        "logging the registration",
+        lambda: _log_batch(tracker.client(), tracker.parent_id(), tags=tags, metrics=metrics),
+    )

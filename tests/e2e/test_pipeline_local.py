@@ -1,5 +1,6 @@
 """The whole DAG through KFP's local runner, on real data, the real bundled model and a real S3 server."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def pipeline_config(s3_storage, minilm_path, tiny_bert_dir, tmp_path, request):
         "gate": {"thresholds": {"accuracy": 0.85}, "tolerance": 0.01, "linear_baseline": "report"},
         "registry": {"uri": f"{prefix}/registry", "model_name": "sms-spam-e2e"},
         "storage": {"artifact_root": f"{prefix}/runs"},
+        "cost": {"cpu_hour_price": 0.5},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -64,6 +66,16 @@ def test_whole_pipeline_registers_a_better_than_baseline_model(pipeline_config, 
     assert metadata["base_model"]["name"] == "minilm"
     assert len(metadata["data"]["fingerprint"]) == 64
     assert metadata["config"]["registry"]["model_name"] == "sms-spam-e2e"
+    cost = metadata["cost"]  # every step before register_model timed, the fine-tune's tokens counted and priced
+    steps = ["fingerprint_data", "clean_data", "compare_data", "select_model", "finetune", "evaluate"]
+    assert set(cost["step_seconds"]) == set(steps) and all(seconds > 0 for seconds in cost["step_seconds"].values())
+    assert re.findall(r"(\w+) [\d.,]+ s\b", cost["line"].split("wall time per step: ")[1]) == steps  # run order
+    assert cost["tokens_seen"] > 0 and cost["trainings"] == 1
+    if cost["device"] == "CPU":  # a machine with a GPU would train on it, unpriced here
+        assert cost["accelerator_hours"] == 0 and cost["cpu_hours"] > 0
+        assert cost["estimated_cost"] == pytest.approx(0.5 * cost["cpu_hours"], abs=1e-6)
+    assert f"cost: {cost['line']}" in printed
+    assert f"## Cost\n\n{cost['line']}\n" in s3_storage.read_text(version.model_card_uri)
 
     runs = s3_storage.list(config.storage.artifact_root)
     for step in ("clean_data", "select_model", "finetune", "evaluate"):

@@ -54,6 +54,9 @@ def test_two_gloo_processes_train_as_one_does_and_only_rank_zero_writes(minilm_p
 
     assert (single.processes, two.processes) == (1, 2)
     assert two.global_steps == single.global_steps == 29
+    # tokens seen, summed over the ranks: one process sees the 450 rows once (12,494 tokens here); two shard 58 batches
+    # of 8 (accelerate's even_batches), the 14 rows past 450 repeated from the epoch's start, each at most 64 tokens
+    assert 0 <= two.tokens_seen - single.tokens_seen <= (29 * 16 - 450) * 64, (single.tokens_seen, two.tokens_seen)
     assert abs(two.best_metric_value - single.best_metric_value) <= 0.03, (two, single)
     losses = [
         [entry["eval_loss"] for entry in s3_storage.read_json(result.log_uri) if "eval_loss" in entry][-1]

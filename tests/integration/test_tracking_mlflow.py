@@ -157,8 +157,9 @@ def test_a_finetune_and_a_trial_nest_under_the_pipeline_runs_parent(mlflow_serve
                               run_id="run-1")  # fmt: skip
     registered = RegisterModelResult(model_name="spam-filter", version=4, version_uri="v", model_uri="m/4",
                                      model_card_uri="c", metadata_uri="d", aliases_set=["staging"])  # fmt: skip
-    tracking.log_registration(config, "run-1", registered)
+    tracking.log_registration(config, "run-1", registered, {"cost_tokens_seen": 12494.0, "wall_seconds_finetune": 5.5})
     parent = client.get_run(parent.info.run_id)
+    assert (parent.data.metrics["cost_tokens_seen"], parent.data.metrics["wall_seconds_finetune"]) == (12494.0, 5.5)
     assert parent.data.metrics["test_accuracy"] == pytest.approx(evaluation.metrics["accuracy"])
     assert parent.data.metrics["test_f1_macro"] == pytest.approx(evaluation.metrics["f1_macro"])
     assert parent.data.tags["ftpipe.gate"] == ("passed" if evaluation.gate_passed else "failed")

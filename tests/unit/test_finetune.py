@@ -179,6 +179,12 @@ def test_resumes_from_mirrored_checkpoints_after_preemption(adapter, tiny_bert_d
     assert not list(tmp_path.glob("ftpipe-finetune-*"))  # the local work dir is removed
     assert not mirror.exists()
     assert result.adapter == adapter and not (Path(result.model_uri) / "adapter_config.json").exists()
+    # the tokens seen come back with the checkpoint's trainer state: both epochs, not only the steps after it
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(result.model_uri)
+    per_epoch = sum(map(len, tokenizer(pd.read_parquet(splits.train)["text"].tolist(), truncation=True)["input_ids"]))
+    assert result.tokens_seen == 2 * per_epoch
 
 
 def test_resume_after_early_stopping_had_decided_does_not_train_on(tiny_bert_dir, splits):

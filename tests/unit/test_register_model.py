@@ -162,8 +162,8 @@ def test_refuses_a_failed_gate_or_another_model(tmp_path, tiny_bert_dir, trained
     assert ModelRegistry(Storage(), config.registry.uri).list_models() == []
 
 
-def test_lineage_of_the_earlier_steps_results():
-    cleaned = CleanDataResult(
+def _cleaned() -> CleanDataResult:
+    return CleanDataResult(
         output_uri="s3://r/clean",
         train_uri="s3://r/train.parquet",
         validation_uri="s3://r/validation.parquet",
@@ -177,6 +177,9 @@ def test_lineage_of_the_earlier_steps_results():
         counts={"train": 80, "test": 10},
         rejected={"empty_text": 2},
     )
+
+
+def _selection() -> SelectModelResult:
     selected = CandidateScore(
         name="minilm",
         source="/m",
@@ -188,7 +191,7 @@ def test_lineage_of_the_earlier_steps_results():
         score=0.88,
         probe_seconds=1.0,
     )
-    selection = SelectModelResult(
+    return SelectModelResult(
         selected=selected,
         ranking=[selected],
         skipped=[],
@@ -196,7 +199,10 @@ def test_lineage_of_the_earlier_steps_results():
         report_html_uri="h",
         report_json_uri="j",
     )
-    trained = FinetuneResult(
+
+
+def _finetuned() -> FinetuneResult:
+    return FinetuneResult(
         model_uri="s3://r/model",
         base_model_name="minilm",
         base_model_source="/m",
@@ -215,6 +221,10 @@ def test_lineage_of_the_earlier_steps_results():
         report_html_uri="h",
         report_markdown_uri="m",
     )
+
+
+def test_lineage_of_the_earlier_steps_results():
+    cleaned, selection, trained = _cleaned(), _selection(), _finetuned()
     lineage = register_model.lineage_of(cleaned, selection, trained)
     assert lineage["data_fingerprint"] == "fp"
     assert lineage["data_uris"]["test"] == "s3://r/test.parquet" and lineage["data_uris"]["cleaned"] == "s3://r/clean"
@@ -227,3 +237,58 @@ def test_lineage_of_the_earlier_steps_results():
     assert lineage["base_model_parameters"] == 9  # with the new head, as trained
     assert lineage["training"]["best_metric_value"] == 0.8 and lineage["training"]["global_steps"] == 20
     assert lineage["labels"] == LABELS
+
+
+def test_the_entry_and_the_card_carry_the_runs_cost_line(tmp_path, tiny_bert_dir, trained, capsys):
+    """Each step's wall seconds (as ftpipe.task.run_step records them), the GPUs and tokens of the fine-tune, priced
+    from config.cost: in metadata.json (so in `ftpipe registry show`), the card's Cost section and nowhere made up."""
+    import json
+
+    from ftpipe.cli import main
+
+    config = parse_config(
+        {
+            "data": {"uri": "s3://data/sms.csv"},
+            "candidates": [{"name": "tiny", "source": tiny_bert_dir}],
+            "registry": {"uri": str(tmp_path / "registry"), "model_name": "spam-filter"},
+            "cost": {"accelerator_hour_price": {"NVIDIA H200": 5.0}, "currency": "EUR"},
+        }
+    )
+    cleaned = _cleaned().model_copy(update={"wall_seconds": 2.5})
+    selection = _selection().model_copy(update={"wall_seconds": 11.0})
+    finetuned = _finetuned().model_copy(
+        update={"wall_seconds": 720.0, "accelerators": 2, "accelerator": "NVIDIA H200", "tokens_seen": 48_000}
+    )
+    lineage = register_model.lineage_of(cleaned, selection, finetuned, {"fingerprint_data": 0.75, "compare_data": 1.25})
+    evaluation = make_evaluation(trained).model_copy(update={"wall_seconds": 6.0})
+    result = register_model.run(config, trained, evaluation, lineage, "run-1")
+
+    entry = Storage().read_json(result.metadata_uri)["cost"]
+    assert entry["step_seconds"] == {
+        "fingerprint_data": 0.75,
+        "clean_data": 2.5,
+        "compare_data": 1.25,
+        "select_model": 11.0,
+        "finetune": 720.0,
+        "evaluate": 6.0,
+    }
+    assert entry["accelerator_hours"] == 0.4 and entry["tokens_seen"] == 48_000  # 720 s on 2 GPUs
+    assert entry["estimated_cost"] == 2.0 and entry["currency"] == "EUR" and entry["priced_as"] == "NVIDIA H200"
+    line = (
+        "0.4 accelerator-hours requested (2 x NVIDIA H200, 720.0 s of fine-tuning); 48,000 training tokens seen; "
+        "estimated EUR 2.00 at 5 per accelerator-hour (NVIDIA H200); wall time per step: fingerprint_data 0.8 s, "
+        "clean_data 2.5 s, compare_data 1.2 s, select_model 11.0 s, finetune 720.0 s, evaluate 6.0 s."
+    )
+    assert entry["line"] == line and result.cost_line == line
+    assert f"## Cost\n\n{line}\n" in Storage().read_text(result.model_card_uri)
+
+    capsys.readouterr()
+    assert main(["registry", "show", "spam-filter", "--registry-uri", config.registry.uri]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"]["cost"] == entry
+
+    # without a price for the GPU: the figures, and no estimate
+    unpriced = config.model_copy(update={"cost": config.cost.model_copy(update={"accelerator_hour_price": {}})})
+    again = register_model.run(unpriced, trained, evaluation, lineage, "run-2")
+    entry = Storage().read_json(again.metadata_uri)["cost"]
+    assert entry["estimated_cost"] is None and entry["accelerator_hours"] == 0.4
+    assert "; no price set for NVIDIA H200 in cost.accelerator_hour_price;" in entry["line"]

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from split_files import LABELS, write_split
 
+from ftpipe import cost
 from ftpipe.config import parse_config
 from ftpipe.errors import SweepError
-from ftpipe.results import CandidateScore
+from ftpipe.results import CandidateScore, CleanDataResult, SelectModelResult
 from ftpipe.steps import choose_trial, plan_trials, train_trial
 from ftpipe.storage import Storage
 from ftpipe.sweep import PlannedTrial, read_records
@@ -77,6 +78,34 @@ def test_trials_are_recorded_a_failed_one_does_not_stop_the_sweep_and_the_winner
     assert chosen.winner["trial"] == 0 and chosen.finetuned.model_uri == last.finetuned.model_uri
     assert chosen.finetuned.sweep["hyperparameters"]["learning_rate"] == 1e-3
     assert "| 1 | 0 |" in Path(chosen.report_markdown_uri).read_text()  # rung 1, trial 0 in the trials table
+
+    # the cost line's figures: every trial's seconds and GPUs (a failed one's too), the tokens its Trainer saw
+    first_tokens = results[0].finetuned.tokens_seen
+    assert results[0].record["tokens_seen"] == first_tokens > 0 and results[1].record["tokens_seen"] is None
+    assert last.record["tokens_seen"] == 2 * first_tokens  # the same 32 rows and max_length, twice the epochs
+    assert all(record.accelerators == 0 for record in read_records(storage, sweep_uri))  # CPU here
+    runs = cost.trainings(chosen.finetuned)
+    assert [run["tokens_seen"] for run in runs] == [first_tokens, None, 2 * first_tokens]
+    steps = cost.step_seconds(_cleaned_result(), _selection_result(selected), chosen.finetuned)
+    assert list(steps) == ["train_trial", "choose_trial"]
+    assert steps["train_trial"] == pytest.approx(sum(run["seconds"] for run in runs), abs=1e-3)
+    assert 0 < steps["choose_trial"] < 60
+    summary = cost.summarize(config.cost, steps, runs)
+    assert summary["tokens_seen"] == 3 * first_tokens and summary["trainings"] == 3
+    assert summary["line"].startswith("0 accelerator-hours (CPU, ") and " over 3 trials)" in summary["line"]
+
+
+def _cleaned_result() -> CleanDataResult:
+    """clean_data's result as a test that called no pipeline task has it: no wall seconds."""
+    uris = {key: f"s3://r/{key}" for key in CleanDataResult.model_fields if key.endswith("_uri")}
+    return CleanDataResult(**uris, fingerprint="fp", labels=LABELS, counts={}, rejected={})
+
+
+def _selection_result(selected: CandidateScore) -> SelectModelResult:
+    return SelectModelResult(
+        selected=selected, ranking=[selected], skipped=[], report_markdown_uri="m", report_html_uri="h",
+        report_json_uri="j",
+    )
 
 
 def test_a_trial_far_below_its_rungs_first_evaluations_stops_there(tmp_path):

@@ -7,6 +7,7 @@ setting (fANOVA over rung 0); the result carries the same, for the registry entr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from ftpipe import reports, sweep
@@ -27,6 +28,7 @@ def run(
     Raises:
         SweepError: no trial of the last rung completed.
     """
+    started = time.perf_counter()
     storage = storage or Storage(config.storage)
     records = sweep.read_records(storage, sweep_uri)
     best = sweep.winner(config, records)
@@ -40,6 +42,10 @@ def run(
     space = {path: param.model_dump(mode="json") for path, param in config.sweep.space.items()}
     trials = [record.model_dump(mode="json") for record in records]
     hyperparameters = sweep.apply_params(config, best.params, 1.0).training.model_dump(mode="json")
+    document = _document(config, records, best, importances)
+    uris = {"md": join(sweep_uri, "report.md"), "html": join(sweep_uri, "report.html")}
+    storage.write_text(uris["md"], document.markdown(), content_type="text/markdown")
+    storage.write_text(uris["html"], document.html(), content_type="text/html")
     finetuned = finetuned.model_copy(
         update={
             "sweep": {
@@ -48,13 +54,11 @@ def run(
                 "importances": importances,
                 "space": space,
                 "hyperparameters": hyperparameters,
+                # this step's own time, for the cost line: the task writes `finetuned`, not this result
+                "choose_seconds": round(time.perf_counter() - started, 3),
             }
         }
     )
-    document = _document(config, records, best, importances)
-    uris = {"md": join(sweep_uri, "report.md"), "html": join(sweep_uri, "report.html")}
-    storage.write_text(uris["md"], document.markdown(), content_type="text/markdown")
-    storage.write_text(uris["html"], document.html(), content_type="text/html")
     return ChooseTrialResult(
         winner=best.model_dump(mode="json"),
         finetuned=finetuned,

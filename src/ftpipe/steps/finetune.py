@@ -257,6 +257,9 @@ def _training_arguments(
         report_to=[],
         push_to_hub=False,
         disable_tqdm=True,  # ProgressLog writes concise lines instead of carriage-return bars in pod logs
+        # The attention masks' sum over every batch (summed over the processes), for the run's cost line; a batch
+        # without one (SFT's packed batches) counts its tokens other than the pad token.
+        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,  # tokenized in memory already: worker processes would only add start-up time
         dataloader_pin_memory=cuda,
         use_cpu=not cuda,
@@ -270,6 +273,16 @@ def _training_arguments(
         **precision_flags(cuda, bf16, training.precision),
         **task_arguments,
     )
+
+
+def held_accelerators() -> dict[str, Any]:
+    """The GPUs training holds (``accelerators``, over every node) and their type (``accelerator``): those CUDA
+    shows this process, which on Kubernetes are exactly the pod's request (``cluster.gpu_count``); none on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"accelerators": 0, "accelerator": None}
+    return {"accelerators": torch.cuda.device_count() * launch.nodes(), "accelerator": torch.cuda.get_device_name(0)}
 
 
 def distributed_settings(training: FinetuneConfig, cuda: bool, world_size: int, nodes: int) -> dict[str, Any]:
@@ -687,6 +700,9 @@ def run(
             resumed_from_checkpoint=restored.uri if restored else None,
             steps_redone=redone,
             processes=launch.world_size(),
+            nodes=launch.nodes(),
+            **held_accelerators(),
+            tokens_seen=int(state.num_input_tokens_seen),
             notes=notes,
             recipe=recipe.lines(),
             adapter=training.adapter,
@@ -734,6 +750,8 @@ def _summary_rows(fields: dict[str, Any]) -> list[list[object]]:
         ["resumed from", fields["resumed_from_checkpoint"] or "-"],
         ["steps redone after an interruption", "-" if fields["steps_redone"] is None else fields["steps_redone"]],
         ["training processes", fields["processes"]],
+        ["GPUs held", f"{fields['accelerators']} x {fields['accelerator']}" if fields["accelerators"] else "none: CPU"],
+        ["training tokens seen", f"{fields['tokens_seen']:,}"],
         ["train seconds (this run)", f"{fields['train_seconds']:.1f}"],
         ["train examples/s", f"{fields['train_examples_per_second']:.1f}"],
     ]

@@ -17,18 +17,22 @@ version back and moves the alias, instead of registering the model twice.
 - ``data_fingerprint`` (required), ``data_uris`` ({role: uri}), ``labels``;
 - ``base_model`` (candidate name, required), ``base_model_source`` (required), ``base_model_license``;
 - ``cleaning`` (flat counts from clean_data), ``hyperparameters`` (default: ``config.training``),
-  ``training`` (best validation metric, epochs trained, ...).
+  ``training`` (best validation metric, epochs trained, ...);
+- ``step_seconds`` ({step: wall seconds}) and ``trainings`` (each fine-tune's seconds, GPUs and tokens seen), from
+  which, with evaluate's seconds and ``config.cost``, the entry's ``cost`` and the card's Cost line are made
+  (:mod:`ftpipe.cost`; register_model's own time is not in them: the entry is committed before the step ends).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ftpipe import __version__, models, tracking
+from ftpipe import __version__, cost, models, tracking
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import RegistryError
 from ftpipe.model_card import render_model_card
@@ -48,8 +52,14 @@ logger = logging.getLogger(__name__)
 REQUIRED_LINEAGE = ("data_fingerprint", "base_model", "base_model_source")
 
 
-def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: FinetuneResult) -> dict[str, Any]:
-    """The lineage dict from the results of clean_data, select_model and finetune."""
+def lineage_of(
+    cleaned: CleanDataResult,
+    selection: SelectModelResult,
+    trained: FinetuneResult,
+    data_check_seconds: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The lineage dict from the results of clean_data, select_model and finetune; ``data_check_seconds``: the
+    wall seconds of fingerprint_data and compare_data, steps without a result artifact."""
     data_uris = {
         "cleaned": cleaned.output_uri,
         "train": selection.train_uri or cleaned.train_uri,  # select_model's copy when it quarantined mislabels
@@ -75,6 +85,7 @@ def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: 
             "trainable_parameters",
             "saved_as",
             "adapter_bytes",
+            "tokens_seen",
         }
     )
     # The model trained: select_model's choice, or (in a sweep) the winning trial's candidate, which it ranked too.
@@ -89,6 +100,8 @@ def lineage_of(cleaned: CleanDataResult, selection: SelectModelResult, trained: 
         "base_model_license": base.license if base else None,
         "base_model_parameters": trained.num_parameters,
         "training": training,
+        "step_seconds": cost.step_seconds(cleaned, selection, trained, data_check_seconds),
+        "trainings": cost.trainings(trained),
     }
     if trained.sweep:  # the winner's own settings, and the sweep that chose it
         lineage["hyperparameters"] = trained.sweep["hyperparameters"]
@@ -163,6 +176,10 @@ def run(
         "baselines": [baseline.model_dump() for baseline in evaluation.baselines],
         "production": evaluation.production.model_dump() if evaluation.production else None,
     }
+    steps = dict(lineage.get("step_seconds") or {})
+    if evaluation.wall_seconds is not None:
+        steps["evaluate"] = evaluation.wall_seconds
+    costs = cost.summarize(config.cost, steps, lineage.get("trainings") or [], config.cluster.node_selector)
 
     with storage.local_copy(model_uri, directory=True) as model_dir:
         saved_labels = _model_labels(model_dir)
@@ -201,6 +218,7 @@ def run(
             "training": lineage.get("training") or {},
             "hyperparameters": hyperparameters,
             "sweep": lineage.get("sweep"),
+            "cost": costs,
             "source_model_uri": model_uri,
             "config": config.model_dump(mode="json"),
             "run_id": run_id,
@@ -220,6 +238,7 @@ def run(
             hyperparameters=hyperparameters,
             sweep=lineage.get("sweep"),
             gate=gate,
+            cost_line=costs["line"],
             run_id=run_id,
             created_at=created_at,
             pipeline_tag=task.pipeline_tag,
@@ -249,8 +268,9 @@ def run(
         model_card_uri=version.model_card_uri,
         metadata_uri=version.metadata_uri,
         aliases_set=aliases_set,
+        cost_line=costs["line"],
     )
-    tracking.log_registration(config, run_id, result)  # a no-op unless tracking.mlflow_uri is set
+    tracking.log_registration(config, run_id, result, cost.metrics(costs))  # a no-op unless tracking.mlflow_uri is set
     return result
 
 

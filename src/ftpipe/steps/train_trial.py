@@ -100,6 +100,8 @@ def run(
         direction=direction,
         model_uri=finetuned.model_uri if finetuned else None,
         seconds=round(time.perf_counter() - started, 3),
+        **finetune.held_accelerators(),  # a failed trial held them too
+        tokens_seen=finetuned.tokens_seen if finetuned else None,
     )
     try:
         sweep.write_record(storage, sweep_uri, record)
