@@ -5,7 +5,7 @@
     ftpipe compile --config FILE -o pipeline.yaml the YAML a platform engineer uploads to KFP
     ftpipe submit --host URL --config FILE        compile the DAG and start one run on a KFP cluster
     ftpipe schedule --host URL --config FILE --cron "0 3 * * 1"   create or replace a recurring run
-    ftpipe registry list|show|promote             registered models, versions and aliases
+    ftpipe registry list|show|promote|sync        registered models, versions and aliases
     ftpipe config validate FILE | config schema   check a config file; print its JSON schema
     ftpipe models derive SRC DST --layers N       a smaller candidate: the first N layers of SRC
     ftpipe serve-manifest NAME --config FILE      a KServe InferenceService for a registered version
@@ -274,6 +274,24 @@ def _registry_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_sync(args: argparse.Namespace) -> int:
+    """A version recorded again in the registries of the config's ``export`` section (ftpipe.export)."""
+    from ftpipe.errors import ConfigError
+    from ftpipe.export import export_version
+
+    if not args.config:
+        raise ConfigError("registry sync needs --config: its export section names the registries")
+    config = load_config(args.config)
+    if not config.export.mlflow and config.export.kubeflow_model_registry is None:
+        raise ConfigError(f"{args.config} exports nowhere: set export.mlflow or export.kubeflow_model_registry")
+    registry = _registry(args)
+    version = registry.get_version(args.name, args.version)
+    aliases = [alias for alias, number in registry.list_aliases(args.name).items() if number == version.version]
+    for where in export_version(config, version, version.metadata.get("run_id"), aliases, strict=True).values():
+        print(f"{args.name} version {version.version}: {where}")
+    return 0
+
+
 def _registry_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.set_alias(args.name, args.alias, args.version)
@@ -406,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("version", type=int)
     export.add_argument("--merged", dest="destination", required=True, metavar="DIR", help="a new or empty directory")
     export.set_defaults(handler=_registry_export)
+    sync = registry_parser("sync", "record a version in the MLflow / Kubeflow Model Registry of --config's export")
+    sync.add_argument("name")
+    sync.add_argument("version", type=int)
+    sync.set_defaults(handler=_registry_sync)
     promote = registry_parser("promote", "point an alias at a version (atomic compare-and-swap)")
     promote.add_argument("name")
     promote.add_argument("version", type=int)

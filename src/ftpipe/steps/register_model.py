@@ -35,6 +35,7 @@ from typing import Any
 from ftpipe import __version__, cost, models, tracking
 from ftpipe.config import PipelineConfig
 from ftpipe.errors import RegistryError
+from ftpipe.export import export_version
 from ftpipe.model_card import render_model_card
 from ftpipe.registry import ModelRegistry
 from ftpipe.results import (
@@ -271,6 +272,7 @@ def run(
         cost_line=costs["line"],
     )
     tracking.log_registration(config, run_id, result, cost.metrics(costs))  # a no-op unless tracking.mlflow_uri is set
+    export_version(config, version, run_id, aliases_set)  # MLflow / Kubeflow Model Registry, when config.export says
     return result
 
 
