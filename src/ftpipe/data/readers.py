@@ -7,11 +7,12 @@ Each reader returns the columns the task asks for, as read, in file order; bad i
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import logging
 import lzma
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,120 @@ def _read_conll(path: Path, source: Source, wanted: dict[str, str]) -> pd.DataFr
 
 
 _READERS = {"csv": _read_csv, "parquet": _read_parquet, "conll": _read_conll}
+
+
+@contextlib.contextmanager
+def _reading(source: Source, data_format: str) -> Iterator[None]:
+    """Turns what reading ``source`` can raise into one DataError (or StorageError) naming it."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except DataError:
+        raise
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{source.setting} {source.uri} is not UTF-8 text (byte {error.start}): save it as UTF-8"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{source.setting} {source.uri} is empty") from None
+    except OSError as error:
+        raise StorageError(f"cannot read {source.uri}: {error.strerror or error}") from None
+    except (ValueError, pa.ArrowException, pd.errors.ParserError, EOFError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"cannot read {source.setting} {source.uri} as {data_format}: {message}") from None
+
+
+def _csv_batches(path: Path, source: Source, wanted: dict[str, str], rows: int) -> Iterator[pd.DataFrame]:
+    """:func:`_read_csv` in batches of ``rows`` rows (the same options, checks and messages)."""
+    options: dict[str, Any] = {"sep": "\t"} if ".tsv" in path.name.lower() else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_RAGGED_WARNING, category=pd.errors.ParserWarning)
+            reader = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding="utf-8",
+                index_col=False,
+                chunksize=rows,
+                **options,
+            )
+            with reader:
+                for frame in reader:
+                    if not set(wanted) <= set(frame.columns):
+                        header = pd.read_csv(path, nrows=0, encoding="utf-8", **options).columns
+                        raise _missing_column_error(source, list(header), wanted)
+                    yield frame
+    except (pd.errors.ParserWarning, pd.errors.ParserError) as error:
+        found = _long_row(path, options.get("sep", ","))
+        if found is None:
+            if isinstance(error, pd.errors.ParserWarning):
+                raise pd.errors.ParserError(str(error)) from None
+            raise
+        line, row, fields, header = found
+        raise DataError(
+            f"{source.setting} {source.uri} line {line} (data row {row}) has {fields} fields where the header has "
+            f"{header}: quote a text that holds the delimiter ({options.get('sep', ',')!r})"
+        ) from None
+
+
+def _parquet_batches(path: Path, source: Source, wanted: dict[str, str], rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    if not set(wanted) <= set(file.schema_arrow.names):
+        raise _missing_column_error(source, file.schema_arrow.names, wanted)
+    for batch in file.iter_batches(batch_size=rows, columns=list(wanted)):
+        yield pa.Table.from_batches([batch]).to_pandas()
+
+
+def _jsonl_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    if _starts_with_array(path):  # one JSON array cannot be read in parts
+        yield _read_jsonl(path)
+        return
+    with pd.read_json(path, lines=True, dtype=False, convert_dates=False, chunksize=rows) as reader:
+        yield from reader
+
+
+def iter_source(
+    source: Source, data_format: str, wanted: dict[str, str], storage: Storage, rows: int
+) -> Iterator[pd.DataFrame]:
+    """:func:`read_source` in batches of at most ``rows`` rows, in file order, so that a large file is never whole
+    in memory (CSV, JSON Lines and Parquet; a JSON array and CoNLL are read whole, then cut).
+
+    Raises the same errors, with the same messages, as :func:`read_source`; a batch may have been yielded before
+    an error in a later part of the file.
+    """
+    data_format = resolve_format(source.uri, data_format)
+    total = 0
+    try:
+        with storage.local_copy(source.uri) as path, _reading(source, data_format):
+            if path.is_dir():
+                raise DataError(f"{source.setting} {source.uri} is a directory, not a {data_format} file")
+            if data_format == "csv":
+                batches = _csv_batches(path, source, wanted, rows)
+            elif data_format == "parquet":
+                batches = _parquet_batches(path, source, wanted, rows)
+            elif data_format == "jsonl":
+                batches = _jsonl_batches(path, rows)
+            else:
+                whole = _READERS[data_format](path, source, wanted)
+                batches = (whole.iloc[start : start + rows] for start in range(0, max(1, len(whole)), rows))
+            for frame in batches:
+                if not set(wanted) <= set(frame.columns):
+                    raise _missing_column_error(source, [str(c) for c in frame.columns], wanted)
+                if len(frame) == 0:
+                    continue
+                total += len(frame)
+                yield frame[list(wanted)].reset_index(drop=True)
+    except StorageError as error:
+        raise type(error)(f"{source.setting}: {error}") from None
+    if total == 0:
+        raise DataError(f"{source.setting} {source.uri} has no data rows")
+    logger.info("read %d rows from %s", total, source.uri)
 
 
 def read_source(source: Source, data_format: str, wanted: dict[str, str], storage: Storage) -> pd.DataFrame:
